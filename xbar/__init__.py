@@ -1,0 +1,18 @@
+"""xbar: a fast, CPU-first simulator of memristor crossbar hardware for neural networks."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ConfigError, DataError, ShapeError, XbarError
+from .device import Device
+
+__all__ = ["Device", "Crossbar", "XbarError", "ConfigError", "ShapeError", "DataError", "__version__"]
+
+
+def __getattr__(name):
+    # Crossbar pulls in numba; import it lazily so `import xbar` stays cheap for config work.
+    if name == "Crossbar":
+        from .crossbar import Crossbar
+        return Crossbar
+    raise AttributeError(f"module 'xbar' has no attribute {name!r}")

@@ -1,0 +1,224 @@
+"""Configs as data: TOML files and keyword arguments validated into frozen, typed objects.
+
+Every config class in xbar declares its fields once, as :class:`Field` specs. The same specs
+validate TOML files, ``with_(...)`` overrides and CLI options, so an error always names the file,
+the dotted field path and the valid range, and an unknown key gets a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import ConfigError
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One validated config field.
+
+    kind: "float", "int", "str", "bool", "floats" (list of floats) or "str_or_float".
+    lo/hi: inclusive bounds unless lo_open/hi_open; None means unbounded.
+    choices: allowed strings for kind "str".
+    optional: None is a valid value (it always means "off" or "ideal", never a sentinel).
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    doc: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    unit: str = ""
+
+    def range_text(self) -> str:
+        """Human-readable valid range, used in error messages and `xbar devices show`."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.lo is None and self.hi is None:
+            text = {"float": "a finite number", "int": "an integer", "str": "a string",
+                    "bool": "true or false", "floats": "a list of finite numbers",
+                    "str_or_float": "a string or a number"}[self.kind]
+        else:
+            left = "(" if self.lo_open else "["
+            right = ")" if self.hi_open else "]"
+            lo = "-inf" if self.lo is None else _fmt(self.lo)
+            hi = "inf" if self.hi is None else _fmt(self.hi)
+            noun = "an integer" if self.kind == "int" else "a number"
+            text = f"{noun} in {left}{lo}, {hi}{right}"
+        if self.optional:
+            text += " (or omitted)"
+        return text
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def where_text(file: str | os.PathLike | None, path: str) -> str:
+    """'file.toml: field' or just 'field' when there is no file."""
+    return f"{file}: {path}" if file else path
+
+
+def validate_value(field: Field, value: Any, *, file=None, prefix: str = "") -> Any:
+    """Check one value against its Field and return it normalised (float/int/tuple)."""
+    path = f"{prefix}{field.name}"
+    loc = where_text(file, path)
+    if value is None:
+        if field.optional:
+            return None
+        raise ConfigError(f"{loc} is required: expected {field.range_text()}")
+    k = field.kind
+    if k == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{loc} = {value!r}: expected true or false")
+        return value
+    if k == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
+        if field.choices and value not in field.choices:
+            raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}"
+                              + suggest(value, field.choices))
+        return value
+    if k == "str_or_float":
+        if isinstance(value, str):
+            if field.choices and value not in field.choices:
+                raise ConfigError(f"{loc} = {value!r}: expected a number or one of "
+                                  + ", ".join(repr(c) for c in field.choices) + suggest(value, field.choices))
+            return value
+        return _check_number(field, value, loc, "float")
+    if k == "floats":
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not hasattr(value, "__iter__"):
+            raise ConfigError(f"{loc} = {value!r}: expected a list of numbers")
+        out = tuple(_check_number(field, v, f"{loc}[{i}]", "float") for i, v in enumerate(value))
+        if not out:
+            raise ConfigError(f"{loc}: expected a non-empty list of numbers")
+        return out
+    return _check_number(field, value, loc, k)
+
+
+def _check_number(field: Field, value: Any, loc: str, kind: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_np_number(value):
+        raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
+    if kind == "int":
+        if float(value) != int(value):
+            raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
+    lo, hi = field.lo, field.hi
+    if lo is not None and (value < lo or (field.lo_open and value == lo)):
+        raise ConfigError(f"{loc} = {value!r} is out of range: expected {field.range_text()}")
+    if hi is not None and (value > hi or (field.hi_open and value == hi)):
+        raise ConfigError(f"{loc} = {value!r} is out of range: expected {field.range_text()}")
+    return value
+
+
+def _is_np_number(value: Any) -> bool:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, (np.integer, np.floating))
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(data: Mapping[str, Any], known: Iterable[str], *, file=None, prefix: str = "") -> None:
+    """Reject keys that are not in `known`, with a did-you-mean suggestion and the valid list."""
+    known = list(known)
+    for key in data:
+        if key not in known:
+            loc = where_text(file, f"{prefix}{key}")
+            raise ConfigError(f"{loc}: unknown key{suggest(key, known)}; valid keys: {', '.join(known)}")
+
+
+def validate_fields(fields: Sequence[Field], data: Mapping[str, Any], *, file=None,
+                    prefix: str = "", base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validate `data` against `fields`; missing fields come from `base`, else the field default."""
+    check_keys(data, [f.name for f in fields], file=file, prefix=prefix)
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f.name in data:
+            raw = data[f.name]
+        elif base is not None and f.name in base:
+            out[f.name] = base[f.name]
+            continue
+        else:
+            raw = f.default
+        out[f.name] = validate_value(f, raw, file=file, prefix=prefix)
+    return out
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file; a syntax error becomes a ConfigError naming the file and line."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, expected a .toml file") from None
+
+
+def search_dirs(kind: str) -> list[Path]:
+    """Where presets of `kind` ("devices", "networks", "experiments") are looked up, in order.
+
+    1. every directory in $XBAR_PATH (os.pathsep-separated), and its `kind/` subfolder;
+    2. the repository's top-level `kind/` folder (source checkouts and editable installs);
+    3. the copy shipped inside the wheel (`xbar/_presets/kind`).
+    """
+    dirs: list[Path] = []
+    for entry in os.environ.get("XBAR_PATH", "").split(os.pathsep):
+        if entry:
+            base = Path(entry).expanduser()
+            dirs += [base / kind, base]
+    here = Path(__file__).resolve().parent
+    dirs.append(here.parent / kind)
+    dirs.append(here / "_presets" / kind)
+    return [d for d in dirs if d.is_dir()]
+
+
+def preset_names(kind: str) -> list[str]:
+    """All preset names of `kind` visible on the search path (first one found wins)."""
+    names: dict[str, Path] = {}
+    for d in search_dirs(kind):
+        for f in sorted(d.glob("*.toml")):
+            names.setdefault(f.stem, f)
+    return sorted(names)
+
+
+def find_preset(kind: str, name: str) -> Path:
+    """Resolve a preset name or a path to a TOML file; unknown names list the known ones."""
+    p = Path(name)
+    if p.suffix == ".toml" or os.sep in name or "/" in name:
+        if p.is_file():
+            return p
+        raise ConfigError(f"{kind[:-1]} file {name!r} not found")
+    for d in search_dirs(kind):
+        f = d / f"{name}.toml"
+        if f.is_file():
+            return f
+    known = preset_names(kind)
+    raise ConfigError(f"unknown {kind[:-1]} {name!r}{suggest(name, known)}; known: {', '.join(known)}"
+                      f" (or pass a path to a .toml file, or add a folder to XBAR_PATH)")

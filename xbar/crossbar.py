@@ -1,0 +1,538 @@
+"""A weight matrix programmed onto crossbar tiles, read through DAC, device noise and ADC.
+
+Usage::
+
+    xb = Crossbar(Device.preset("agsi").with_(bits=3), tile=(64, 64), adc_bits=8, seed=0)
+    xb.program(W)          # W: (in, out)
+    Y = xb.mvm(X)          # (batch, in) -> (batch, out), in memory
+    E_in = xb.mvm_t(E)     # (batch, out) -> (batch, in), the same arrays read transposed
+
+What happens in `mvm` (see DOMAIN.md §3):
+1. DAC: inputs are scaled per row by their abs max ("dynamic", aihwkit's noise management) or by a
+   fixed range, and quantized to `dac_bits`. The scale is undone digitally at the end.
+2. Each tile (tile_rows x tile_cols devices of every plane) produces column currents
+   I = x_tile @ (G+ - G-); with read noise I ~ N(mean, sum x^2 var(G)) exactly (one draw per
+   tile output, not per device).
+3. Each tile's currents pass its own ADC (`adc_bits`, range calibrated per tile), then the digital
+   periphery multiplies by the column gain alpha and plane significance and adds partial sums.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import mapping as mp
+from .device import Device
+from .errors import ConfigError, ShapeError
+from .kernels import rng as krng
+from .kernels.mvm import tile_periphery
+
+DAC_RANGES = ("dynamic",)
+ADC_RANGES = ("calibrated", "physical")
+BIAS_MODES = ("digital", "row")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        from .config import suggest
+        raise ConfigError(f"{name} = {value!r}: expected one of {', '.join(map(repr, choices))}"
+                          + (suggest(value, choices) if isinstance(value, str) else ""))
+
+
+def _check_bits(name: str, value, lo: int, hi: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ConfigError(f"{name} = {value!r}: expected an integer in [{lo}, {hi}] or None (ideal)")
+
+
+def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None) -> np.ndarray:
+    """Validate an input array (finite, real, right ndim/width) and return it as C-contiguous float32."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fiub":
+        raise ShapeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ShapeError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
+    if cols is not None and arr.shape[-1] != cols:
+        raise ShapeError(f"{name}: expected last dimension {cols}, got shape {arr.shape}")
+    if any(s == 0 for s in arr.shape) and name == "W":
+        raise ShapeError(f"{name}: empty matrix of shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ShapeError(f"{name}: contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
+    return arr
+
+
+class Crossbar:
+    """One weight matrix on virtual crossbar tiles built from `device`.
+
+    Parameters
+    ----------
+    device: the Device (preset or custom) every cell is built from.
+    tile: (tile_rows, tile_cols) devices per physical array; 64x64 = 4,096 as in the seed study.
+    mapping: "differential" (w = alpha (G+ - G-)) or "offset" (w = alpha (G - g_min) + beta).
+    adc_bits: ADC resolution per tile output (2-16), None = ideal.
+    dac_bits: input DAC resolution (2-16), None = analog inputs.
+    seed: seeds every random draw (faults, spread, write and read noise): same seed, same bits.
+    range: "global" (fixed `w_range` for every tensor, the seed study's default) or "local"
+        (recomputed from the weights at every programming).
+    w_range: (lo, hi) weight range of the global grid.
+    quant: None (nearest device level), "asymm" or "symm" (the seed study's quantizers).
+    quant_bits: quantizer bits; default the device's bits (times `slices`).
+    gain: "layer" or "column": granularity of the digital gain alpha under a local range.
+    slices: devices per weight (bit slicing); each holds `bits` of the code.
+    adc_range: "calibrated" (percentile of a calibration batch, per tile), "physical"
+        (largest possible tile current) or a number (fixed full scale, in µS x input units).
+    adc_percentile: percentile of |current| used by calibration (100 = max).
+    dac_range: "dynamic" (each input row scaled by its abs max) or a number r (fixed [-r, r]).
+    bias: "digital" (added after the ADC) or "row" (an extra array row driven at input 1).
+    read_noise: set False to read without read noise (e.g. for evaluation of programmed state).
+    """
+
+    def __init__(self, device: Device, tile: tuple[int, int] = (64, 64), mapping: str = "differential",
+                 adc_bits: int | None = None, dac_bits: int | None = None, seed: int = 0, *,
+                 range: str = "global", w_range: tuple[float, float] = (-1.0, 1.0),
+                 quant: str | None = None, quant_bits: int | None = None, gain: str = "layer",
+                 slices: int = 1, adc_range: Any = "calibrated", adc_percentile: float = 100.0,
+                 dac_range: Any = "dynamic", bias: str = "digital", read_noise: bool = True):
+        if not isinstance(device, Device):
+            raise ConfigError(f"device: expected an xbar.Device, got {type(device).__name__}")
+        try:
+            rows, cols = (int(tile[0]), int(tile[1]))
+            if len(tile) != 2:
+                raise TypeError
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError(f"tile = {tile!r}: expected (tile_rows, tile_cols), two integers >= 1") from None
+        if rows < 1 or cols < 1:
+            raise ConfigError(f"tile = {tile!r}: tile_rows and tile_cols must be integers >= 1")
+        _check_choice("mapping", mapping, mp.MAPPINGS)
+        _check_bits("adc_bits", adc_bits, 2, 16)
+        _check_bits("dac_bits", dac_bits, 2, 16)
+        _check_choice("range", range, mp.RANGES)
+        if quant is not None:
+            _check_choice("quant", quant, mp.QUANTS)
+        _check_choice("gain", gain, mp.GAINS)
+        _check_choice("bias", bias, BIAS_MODES)
+        _check_bits("slices", slices, 1, 8)
+        if slices is None:
+            raise ConfigError("slices = None: expected an integer in [1, 8]")
+        try:
+            lo, hi = float(w_range[0]), float(w_range[1])
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError(f"w_range = {w_range!r}: expected (lo, hi) with lo < hi") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ConfigError(f"w_range = {w_range!r}: expected finite (lo, hi) with lo < hi")
+        if isinstance(adc_range, str):
+            _check_choice("adc_range", adc_range, ADC_RANGES)
+        elif not (isinstance(adc_range, (int, float)) and adc_range > 0 and math.isfinite(adc_range)):
+            raise ConfigError(f"adc_range = {adc_range!r}: expected 'calibrated', 'physical' or a number > 0")
+        if not (isinstance(adc_percentile, (int, float)) and 0 < adc_percentile <= 100):
+            raise ConfigError(f"adc_percentile = {adc_percentile!r}: expected a number in (0, 100]")
+        if isinstance(dac_range, str):
+            _check_choice("dac_range", dac_range, DAC_RANGES)
+        elif not (isinstance(dac_range, (int, float)) and dac_range > 0 and math.isfinite(dac_range)):
+            raise ConfigError(f"dac_range = {dac_range!r}: expected 'dynamic' or a number > 0")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed = {seed!r}: expected an integer >= 0")
+        levels = device.levels()
+        if quant is not None:
+            if levels is not None and not device.is_uniform:
+                raise ConfigError(f"quant = {quant!r} needs uniform levels; device {device.name!r} has a "
+                                  "measured level table (use quant=None to snap to its levels)")
+            if quant_bits is None:
+                if levels is None:
+                    raise ConfigError(f"quant = {quant!r} on analog device {device.name!r}: set quant_bits")
+                quant_bits = int(math.floor(math.log2(len(levels)))) * slices
+        _check_bits("quant_bits", quant_bits, 2 if quant == "symm" else 1, 16)
+
+        self.device = device
+        self.tile = (rows, cols)
+        self.mapping = mapping
+        self.adc_bits = adc_bits
+        self.dac_bits = dac_bits
+        self.seed = int(seed)
+        self.range = range
+        self.w_range = (lo, hi)
+        self.quant = quant
+        self.quant_bits = quant_bits
+        self.gain = gain
+        self.slices = int(slices)
+        self.adc_range = adc_range
+        self.adc_percentile = float(adc_percentile)
+        self.dac_range = dac_range
+        self.bias = bias
+        self.read_noise = bool(read_noise)
+
+        self._rng = np.random.default_rng(self.seed)
+        self._reads = 0               # counter of the read-noise stream
+        self._shape: tuple[int, int] | None = None
+        self._persist: dict[str, np.ndarray] | None = None   # per-device draws kept across programs
+        self._stats = {"programs": 0, "mvm_calls": 0, "mvm_t_calls": 0, "adc_conversions": 0,
+                       "adc_clipped": 0, "dac_conversions": 0, "dac_clipped": 0, "weights_clipped": 0}
+        self._adc_fs: dict[str, np.ndarray | None] = {"fwd": None, "bwd": None}
+        self.t_s: float | None = None  # time since programming of the read state (None = t0)
+        self.drift_compensation = 1.0
+
+    # ---- programming ----------------------------------------------------------------------------
+    def program(self, W, b=None) -> "Crossbar":
+        """Write weights W (in, out) and optional bias b (out,) onto the devices."""
+        W = as_matrix("W", W)
+        n_in, n_out = W.shape
+        self._b_digital = None
+        if b is not None:
+            b = as_matrix("b", np.asarray(b).reshape(1, -1), cols=n_out)[0]
+            if self.bias == "row":
+                W = np.vstack([W, b[None, :]])
+            else:
+                self._b_digital = b
+        shape = W.shape
+        if self._shape is not None and shape != self._shape:
+            raise ShapeError(f"W: this crossbar holds a {self._shape} matrix, got {shape}; "
+                             "create a new Crossbar for a new layer size")
+        self._shape = shape
+        self._n_in = n_in
+        self._has_bias_row = b is not None and self.bias == "row"
+        dev = self.device
+        levels = dev.levels()
+        codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
+                                    slices=self.slices, mapping=self.mapping, quant=self.quant,
+                                    quant_bits=self.quant_bits, rng=self.range, gain=self.gain,
+                                    w_range=self.w_range)
+        planes = mp.codes_to_planes(codes, dev, self.mapping, self.slices)
+        self._stats["weights_clipped"] += planes.clipped
+        gp, gn = self._physical(planes.gp), planes.gn
+        if self.mapping == "differential":
+            gn = self._physical(gn, second=True)
+        self._gp0, self._gn0 = gp, gn           # as programmed (t = t0)
+        self._sig, self._alpha, self._beta = planes.sig, planes.alpha, planes.beta
+        self._stats["programs"] += 1
+        self.t_s = None
+        self.drift_compensation = 1.0
+        self._set_state(gp, gn)
+        return self
+
+    def _persistent(self, shape) -> dict[str, np.ndarray]:
+        """Per-device properties drawn once per crossbar: window spread, faults, drift exponents."""
+        if self._persist is None:
+            d, r = self.device, self._rng
+            n_dev = 2 if self.mapping == "differential" else 1
+            full = (n_dev,) + shape
+            p = {}
+            p["gmin"] = d.g_min_us * (1 + d.g_d2d_rel * r.standard_normal(full)) if d.g_d2d_rel else None
+            p["gmax"] = d.g_max_us * (1 + d.g_d2d_rel * r.standard_normal(full)) if d.g_d2d_rel else None
+            if p["gmin"] is not None:
+                p["gmin"] = np.maximum(p["gmin"], 0.0)
+                p["gmax"] = np.maximum(p["gmax"], p["gmin"])
+            if d.stuck_on_rate or d.stuck_off_rate:
+                u = r.random(full)
+                p["stuck"] = np.where(u < d.stuck_on_rate, 1, np.where(u < d.stuck_on_rate + d.stuck_off_rate,
+                                                                        -1, 0)).astype(np.int8)
+            else:
+                p["stuck"] = None
+            if d.drift_nu_mean or d.drift_nu_std:
+                p["nu"] = np.maximum(d.drift_nu_mean + d.drift_nu_std * r.standard_normal(full), 0.0)
+            else:
+                p["nu"] = None
+            self._persist = p
+        return self._persist
+
+    def _physical(self, g: np.ndarray, second: bool = False) -> np.ndarray:
+        """Target conductances -> what the devices hold: spread, write noise, faults."""
+        d = self.device
+        p = self._persistent(g.shape)
+        k = 1 if second else 0
+        if p["gmin"] is not None:
+            lo, hi = p["gmin"][k], p["gmax"][k]
+            g = lo + (g - d.g_min_us) * (hi - lo) / d.window_us
+        else:
+            lo, hi = d.g_min_us, d.g_max_us
+        if d.program_noise_rel:
+            g = g + d.program_noise_rel * d.window_us * self._rng.standard_normal(g.shape)
+            g = np.clip(g, lo, hi)   # a device cannot leave its own window
+        if p["stuck"] is not None:
+            s = p["stuck"][k]
+            g = np.where(s == 1, hi, np.where(s == -1, lo, g))
+        return g
+
+    def _set_state(self, gp: np.ndarray, gn: np.ndarray) -> None:
+        """Build the kernel-ready arrays (per-tile stacks, effective weights) from conductances."""
+        d = self.device
+        self._gp, self._gn = gp, gn
+        P, rows, out = gp.shape
+        R, C = self.tile
+        self._nrt, self._nct = -(-rows // R), -(-out // C)
+        gd = gp - gn
+        self._gd = gd
+        self._alpha_eff = self._alpha * self.drift_compensation
+        self._alpha32 = self._alpha_eff.astype(np.float32)
+        self._beta32 = self._beta.astype(np.float32) if np.any(self._beta) else None
+        gsum = np.einsum("p,pio->io", self._sig, gd)
+        self._w_eff = gsum * self._alpha_eff[None, :] + self._beta[None, :]
+        self._w_fwd32 = np.ascontiguousarray(gsum * self._alpha_eff[None, :], dtype=np.float32)
+        self._w_bwd32 = np.ascontiguousarray(gsum.T, dtype=np.float32)
+        self._var = None
+        if d.read_noise_rel and self.read_noise:
+            s = d.read_noise_rel
+            if d.read_noise_kind == "multiplicative":
+                var = (s * gp) ** 2 + ((s * gn) ** 2 if self.mapping == "differential" else 0.0)
+            else:
+                n_dev = 2 if self.mapping == "differential" else 1
+                var = np.full_like(gp, n_dev * (s * d.window_us) ** 2)
+            self._var = var
+            vsum = np.einsum("p,pio->io", self._sig ** 2, var)
+            self._v_fwd32 = np.ascontiguousarray(vsum * (self._alpha_eff ** 2)[None, :], dtype=np.float32)
+            self._v_bwd32 = np.ascontiguousarray(vsum.T, dtype=np.float32)
+        pad = self._nrt * R - rows
+        self._fwd_g = np.pad(gd, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(P, self._nrt, R, out)
+        self._fwd_v = None
+        if self._var is not None:
+            self._fwd_v = np.pad(self._var, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(
+                P, self._nrt, R, out)
+        self._bwd = None   # transposed stacks, built on first mvm_t
+
+    # ---- reading --------------------------------------------------------------------------------
+    def _check_programmed(self):
+        if self._shape is None:
+            raise ShapeError("this crossbar is not programmed yet: call program(W) first")
+
+    def mvm(self, X) -> np.ndarray:
+        """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32."""
+        self._check_programmed()
+        X = as_matrix("X", X, cols=self._n_in)
+        self._stats["mvm_calls"] += 1
+        if self._has_bias_row:
+            X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
+        xs, scale = self._dac(X)
+        y = self._read(xs, "fwd")
+        y *= scale
+        if self._b_digital is not None:
+            y += self._b_digital[None, :]
+        if self._beta32 is not None:
+            y += X.sum(axis=1, keepdims=True) * self._beta32[None, :]
+        return y
+
+    def mvm_t(self, E) -> np.ndarray:
+        """In-memory transposed product E @ W.T on the same devices: (batch, out) -> (batch, in)."""
+        self._check_programmed()
+        E = as_matrix("E", E, cols=self._shape[1])
+        self._stats["mvm_t_calls"] += 1
+        Ea = E * self._alpha32[None, :]      # the column gain is digital: applied before the DAC
+        es, scale = self._dac(Ea)
+        y = self._read(es, "bwd")
+        y *= scale
+        if self._beta32 is not None:
+            y += (E @ self._beta32)[:, None]
+        return y[:, :self._n_in] if self._has_bias_row else y
+
+    def _dac(self, X: np.ndarray):
+        """Input scaling and DAC quantization; returns (driven inputs in [-1, 1], scale to undo)."""
+        if self.dac_range == "dynamic":
+            scale = np.max(np.abs(X), axis=1, keepdims=True)
+            scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+            xs = X / scale
+        else:
+            scale = np.float32(self.dac_range)
+            xs = X / scale
+            n_over = int(np.count_nonzero(np.abs(xs) > 1.0))
+            if n_over:
+                self._stats["dac_clipped"] += n_over
+                xs = np.clip(xs, -1.0, 1.0)
+        if self.dac_bits is not None:
+            n = np.float32(2 ** (self.dac_bits - 1) - 1)
+            xs = np.round(xs * n) / n
+            self._stats["dac_conversions"] += X.size
+        return np.ascontiguousarray(xs, dtype=np.float32), scale
+
+    def _read(self, xs: np.ndarray, way: str) -> np.ndarray:
+        """The analog read plus periphery, on inputs already through the DAC (before gains undo)."""
+        if self.adc_bits is None:
+            # No ADC: tiles do not change the math, so one BLAS product (and one for the variance).
+            g = self._w_fwd32 if way == "fwd" else self._w_bwd32
+            y = xs @ g
+            if self._var is not None:
+                v = self._v_fwd32 if way == "fwd" else self._v_bwd32
+                sd = np.sqrt((xs * xs) @ v)
+                self._reads += 1
+                krng.add_scaled_normals(y, sd, np.uint64(self.seed), np.uint64(self._reads),
+                                        krng.KN, krng.WN, krng.FN)
+            return y
+        M, V, post = self._tile_currents(xs, way)
+        inv_step, step_post, qlo, qhi = self._adc_params(M, post, way)
+        T, B, N = M.shape
+        out = np.empty((B, N), dtype=np.float32)
+        clipped = np.empty(B, dtype=np.int64)
+        self._reads += 1
+        tile_periphery(M, V if V is not None else _NO_VAR, inv_step, step_post, qlo, qhi, post,
+                       np.uint64(self.seed), np.uint64(self._reads), krng.KN, krng.WN, krng.FN, out, clipped)
+        self._stats["adc_conversions"] += M.size
+        self._stats["adc_clipped"] += int(clipped.sum())
+        return out
+
+    def _tile_currents(self, xs: np.ndarray, way: str):
+        """Per-tile mean currents (T, B, N), variances (or None) and digital gains post (T, N)."""
+        B = xs.shape[0]
+        R, C = self.tile
+        P = self._gd.shape[0]
+        if way == "fwd":
+            n_t, size, g, v = self._nrt, R, self._fwd_g, self._fwd_v
+            post = (self._sig[:, None, None] * self._alpha_eff[None, None, :]).repeat(n_t, axis=1)
+        else:
+            if self._bwd is None:
+                self._build_bwd()
+            n_t, size, (g, v) = self._nct, C, self._bwd
+            post = np.broadcast_to(self._sig[:, None, None], (P, n_t, g.shape[-1]))
+        pad = n_t * size - xs.shape[1]
+        xt = np.ascontiguousarray(np.pad(xs, ((0, 0), (0, pad))).reshape(B, n_t, size).transpose(1, 0, 2))
+        M = np.matmul(xt[None], g).reshape(P * n_t, B, -1)
+        V = None
+        if v is not None:
+            V = np.matmul((xt * xt)[None], v).reshape(P * n_t, B, -1)
+        post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
+        return M, V, post
+
+    def _build_bwd(self):
+        """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t."""
+        R, C = self.tile
+        P, rows, out = self._gd.shape
+        pad = self._nct * C - out
+
+        def stack(a):
+            a = np.pad(a, ((0, 0), (0, 0), (0, pad))).astype(np.float32)
+            return np.ascontiguousarray(a.reshape(P, rows, self._nct, C).transpose(0, 2, 3, 1))
+
+        self._bwd = (stack(self._gd), None if self._var is None else stack(self._var))
+
+    def _adc_params(self, M: np.ndarray, post: np.ndarray, way: str):
+        """ADC step, code bounds and step*gain per (tile, output): full scale per tile."""
+        n = 2 ** (self.adc_bits - 1) - 1
+        T, B, N = M.shape
+        group = self.tile[1] if way == "fwd" else self.tile[0]   # outputs sharing one tile's ADC
+        n_groups = -(-N // group)
+        physical = (self.tile[0] if way == "fwd" else self.tile[1]) * self.device.window_us
+        if self.adc_range == "physical":
+            fs = np.full((T, n_groups), physical)
+        elif self.adc_range == "calibrated":
+            if self._adc_fs[way] is None or self._adc_fs[way].shape != (T, n_groups):
+                self._adc_fs[way] = self._calibrated_fs(M, group, n_groups, physical)
+                self._stats[f"adc_auto_calibrated_{way}"] = True
+            fs = self._adc_fs[way]
+        else:
+            fs = np.full((T, n_groups), float(self.adc_range))
+        fs_cols = np.repeat(fs, group, axis=1)[:, :N]
+        step = (fs_cols / n).astype(np.float32)
+        inv_step = (1.0 / step).astype(np.float32)
+        qhi = np.full((T, N), n, dtype=np.float32)
+        return inv_step, np.ascontiguousarray(step * post), -qhi, qhi
+
+    def _calibrated_fs(self, M: np.ndarray, group: int, n_groups: int, physical: float) -> np.ndarray:
+        """Full scale per tile: a percentile of |noise-free current| over a calibration batch."""
+        T, B, N = M.shape
+        pad = n_groups * group - N
+        a = np.abs(np.pad(M, ((0, 0), (0, 0), (0, pad)))).reshape(T, B, n_groups, group)
+        a = a.transpose(0, 2, 1, 3).reshape(T, n_groups, -1)
+        fs = np.percentile(a, self.adc_percentile, axis=2) if self.adc_percentile < 100 else a.max(axis=2)
+        return np.where(fs > 0, fs, physical)
+
+    def calibrate(self, X, E=None) -> "Crossbar":
+        """Set the ADC full scale per tile from a calibration batch X (and E for mvm_t).
+
+        Uses the noise-free currents and `adc_percentile`. Without a call, the first batch read
+        calibrates itself (reported as adc_auto_calibrated_* in stats()).
+        """
+        self._check_programmed()
+        if self.adc_bits is None or self.adc_range != "calibrated":
+            return self
+        X = as_matrix("X", X, cols=self._n_in)
+        if self._has_bias_row:
+            X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
+        for way, A in (("fwd", X), ("bwd", None if E is None else as_matrix("E", E, cols=self._shape[1])
+                                    * self._alpha32[None, :])):
+            if A is None:
+                continue
+            xs, _ = self._dac(A)
+            M, _, post = self._tile_currents(xs, way)
+            group = self.tile[1] if way == "fwd" else self.tile[0]
+            physical = (self.tile[0] if way == "fwd" else self.tile[1]) * self.device.window_us
+            self._adc_fs[way] = self._calibrated_fs(M, group, -(-M.shape[2] // group), physical)
+        return self
+
+    # ---- state, drift, stats ----------------------------------------------------------------------
+    def weights(self) -> np.ndarray:
+        """Effective weights (in, out) as now programmed (and drifted), without read noise."""
+        self._check_programmed()
+        return self._w_eff[:self._n_in].copy()
+
+    def bias_weights(self) -> np.ndarray | None:
+        """Effective bias (out,) as programmed: the bias row, or the digital bias; None if none."""
+        self._check_programmed()
+        if self._has_bias_row:
+            return self._w_eff[-1].copy()
+        return None if self._b_digital is None else self._b_digital.astype(np.float64)
+
+    def conductances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(G+, G-) per plane, (P, rows, out) in µS, as they are now (G- is g_min for offset)."""
+        self._check_programmed()
+        return self._gp.copy(), self._gn.copy()
+
+    def at(self, seconds: float, compensate: bool = False) -> "Crossbar":
+        """A copy read `seconds` after programming: G(t) = G(t0) (t/t0)^-nu per device.
+
+        compensate: global drift compensation, one digital factor that restores the summed
+        absolute output for an all-ones input (as aihwkit does).
+        """
+        self._check_programmed()
+        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigError(f"seconds = {seconds!r}: expected a finite time > 0 after programming")
+        import copy
+        new = copy.copy(self)
+        new._stats = dict(self._stats)
+        new._adc_fs = dict(self._adc_fs)
+        nu = self._persistent(self._gp0.shape)["nu"]
+        t0 = self.device.drift_t0_s
+        gp, gn = self._gp0, self._gn0
+        if nu is not None and seconds > t0:
+            f = (seconds / t0) ** (-nu)
+            gp = gp * f[0]
+            if self.mapping == "differential":
+                gn = gn * f[1]
+        new.t_s = float(seconds)
+        new.drift_compensation = 1.0
+        if compensate:
+            before = np.abs(np.einsum("p,pio->o", self._sig, self._gp0 - self._gn0)).sum()
+            after = np.abs(np.einsum("p,pio->o", self._sig, gp - gn)).sum()
+            new.drift_compensation = float(before / after) if after > 0 else 1.0
+        new._set_state(gp, gn)
+        return new
+
+    def stats(self) -> dict[str, Any]:
+        """Hardware and activity counters: tiles, devices, utilization, conversions, clipping."""
+        self._check_programmed()
+        P, rows, out = self._gp.shape
+        R, C = self.tile
+        per_cell = 2 if self.mapping == "differential" else 1
+        tiles = P * self._nrt * self._nct
+        s = dict(self._stats)
+        s.update({
+            "shape": (self._n_in, out), "rows_used": rows, "tiles": tiles, "tile": (R, C),
+            "planes": P, "cells": P * rows * out, "devices": P * rows * out * per_cell,
+            "device_capacity": tiles * R * C * per_cell,
+            "utilization": (rows * out) / (self._nrt * self._nct * R * C),
+            "reads": self._reads, "t_s": self.t_s, "drift_compensation": self.drift_compensation,
+        })
+        p = self._persist or {}
+        if p.get("stuck") is not None:
+            s["stuck_on"] = int(np.sum(p["stuck"] == 1))
+            s["stuck_off"] = int(np.sum(p["stuck"] == -1))
+        return s
+
+    def __repr__(self) -> str:
+        shape = "unprogrammed" if self._shape is None else f"{self._n_in}x{self._shape[1]}"
+        return (f"Crossbar({self.device.name} {self.device.summary()}, {shape}, tile={self.tile}, "
+                f"{self.mapping}, adc_bits={self.adc_bits}, dac_bits={self.dac_bits})")
+
+
+_NO_VAR = np.zeros((0, 0, 0), dtype=np.float32)

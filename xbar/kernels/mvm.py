@@ -1,0 +1,96 @@
+"""Fused per-tile periphery: read noise, ADC and digital partial-sum add, in one pass.
+
+The analog part of an in-memory MVM is a set of per-tile matrix products done by BLAS:
+``M[t] = X_t @ Gd_t`` (mean column currents of tile t) and, with read noise,
+``V[t] = X_t**2 @ Var_t`` (their variance). For independent Gaussian device noise the current of
+a column is exactly ``N(M, V)``, so one draw per tile output replaces B*in*out device draws
+(DOMAIN.md §3). This kernel then does, for every tile t, batch row b and output j::
+
+    I = M[t,b,j] + sqrt(V[t,b,j]) * z          # z ~ N(0,1), counter-based (see rng.py)
+    c = clip(floor(I * inv_step[t,j] + 0.5), qlo[t,j], qhi[t,j])   # ADC (skipped if inv_step=0)
+    out[b,j] += post[t,j] * c * step                                # digital gain, shift-add
+
+Threads split the batch rows, so each thread writes only its own rows of `out` and its own
+slot of `clipped`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import njit_parallel
+from .rng import _GOLDEN, _MASK7, _S32, _normal_slow, mix64, stream_key
+
+
+@njit_parallel
+def tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn, wn, fn, out, clipped):
+    """Noise + ADC + digital accumulation over tiles. See the module docstring.
+
+    M, V: (T, B, N) float32 currents and variances (V may have shape (0, 0, 0): no read noise).
+    inv_step: (T, N) float32 1/ADC step; a row of zeros means an ideal ADC for that tile.
+    step_post: (T, N) float32 ADC step times `post`; post: (T, N) float32 digital gain.
+    qlo, qhi: (T, N) float32 lowest/highest ADC code. seed, counter: uint64 noise stream.
+    out: (B, N) float32, overwritten. clipped: (B,) int64, overwritten with clipped conversions.
+    """
+    T, B, N = M.shape
+    noisy = V.shape[0] > 0
+    key = stream_key(seed, counter)
+    for b in prange(B):
+        nclip = 0
+        for j in range(N):
+            out[b, j] = 0.0
+        for t in range(T):
+            quantize = inv_step[t, 0] != 0.0
+            base = (t * B + b) * N
+            for j in range(N):
+                cur = M[t, b, j]
+                if noisy:
+                    var = V[t, b, j]
+                    if var > 0.0:
+                        idx = base + j
+                        h0 = mix64(key + np.uint64(idx) * _GOLDEN)
+                        iz = np.int64(h0 & _MASK7)
+                        hz = np.int64(np.int32(np.uint32(h0 >> _S32)))
+                        if abs(hz) < kn[iz]:
+                            z = hz * wn[iz]
+                        else:
+                            z = _normal_slow(h0, iz, hz, kn, wn, fn)
+                        cur = cur + np.float32(math.sqrt(var) * z)
+                if quantize:
+                    c = math.floor(cur * inv_step[t, j] + 0.5)
+                    if c < qlo[t, j]:
+                        c = qlo[t, j]
+                        nclip += 1
+                    elif c > qhi[t, j]:
+                        c = qhi[t, j]
+                        nclip += 1
+                    out[b, j] += np.float32(c) * step_post[t, j]
+                else:
+                    out[b, j] += cur * post[t, j]
+        clipped[b] = nclip
+
+
+def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
+    """Plain-numpy reference of :func:`tile_periphery` (tests only).
+
+    step: (T, N) ADC step, 0 = ideal ADC. z: (T, B, N) standard normals (the kernel's own draws,
+    from :func:`xbar.kernels.rng.normals`), used only when V is not empty.
+    Returns (out (B, N) float64, number of clipped conversions).
+    """
+    cur = M.astype(np.float64)
+    if V.shape[0] > 0:
+        cur = cur + np.sqrt(V.astype(np.float64)) * z
+    out = np.zeros(M.shape[1:], dtype=np.float64)
+    nclip = 0
+    for t in range(M.shape[0]):
+        if step[t, 0] != 0:
+            c = np.floor(cur[t] / step[t][None, :] + 0.5)
+            lo, hi = qlo[t][None, :], qhi[t][None, :]
+            nclip += int(np.sum(c < lo) + np.sum(c > hi))
+            out += np.clip(c, lo, hi) * step[t][None, :] * post[t][None, :]
+        else:
+            out += cur[t] * post[t][None, :]
+    return out, nclip
