@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from . import mapping as mp
-from .device import Device
+from .device import Device, pulse_number, pulse_response
+from .device import pulse_curve_a as dev_pulse_a
 from .errors import ConfigError, ShapeError
 from .kernels import rng as krng
 from .kernels.mvm import tile_periphery
@@ -458,6 +459,68 @@ class Crossbar:
             group = self.tile[1] if way == "fwd" else self.tile[0]
             physical = (self.tile[0] if way == "fwd" else self.tile[1]) * self.device.window_us
             self._adc_fs[way] = self._calibrated_fs(M, group, -(-M.shape[2] // group), physical)
+        return self
+
+    # ---- in-situ updates ----------------------------------------------------------------------------
+    def pulse(self, n_pos, n_neg=None) -> "Crossbar":
+        """Apply signed pulse counts to the devices in place (in-situ update, NeuroSim model).
+
+        n_pos, n_neg: (in, out) integer arrays of pulses for G+ and G- (G- only for differential);
+        > 0 potentiates along the LTP curve, < 0 depresses along the LTD curve (its mirror image
+        from g_max), each with A = P_max / |nonlinearity|. Every pulse train adds cycle-to-cycle
+        noise N(0, c2c_rel * window * sqrt(|n|)). Stuck devices ignore pulses. Needs `pulse_levels`.
+        """
+        self._check_programmed()
+        d = self.device
+        if d.pulse_levels is None:
+            raise ConfigError(f"device {d.name!r} has no pulse_levels: pulse updates need the "
+                              "pulse response (pulse_levels, nonlinearity_ltp/ltd, c2c_rel)")
+        if self.slices != 1 or self.t_s is not None:
+            raise ConfigError("pulse updates need slices = 1 and the as-programmed state (not a drifted copy)")
+        rows = self._shape[0]
+        counts = [as_matrix("n_pos", n_pos, cols=self._shape[1])]
+        if self.mapping == "differential":
+            counts.append(as_matrix("n_neg", np.zeros_like(counts[0]) if n_neg is None else n_neg,
+                                    cols=self._shape[1]))
+        for c in counts:
+            if c.shape[0] != rows:
+                raise ShapeError(f"pulse counts: expected shape {self._shape}, got {c.shape}")
+        p = self._persistent(self._gp0.shape)
+        new = []
+        for k, (g, n) in enumerate(zip((self._gp0, self._gn0), counts)):
+            g = g[0].copy()
+            if p["gmin"] is not None:
+                lo, hi = p["gmin"][k][0], p["gmax"][k][0]
+            else:
+                lo, hi = np.full_like(g, d.g_min_us), np.full_like(g, d.g_max_us)
+            n = n.astype(np.float64)
+            up, down = n > 0, n < 0
+            a_ltp = dev_pulse_a(d.nonlinearity_ltp, d.pulse_levels)
+            a_ltd = dev_pulse_a(d.nonlinearity_ltd, d.pulse_levels)
+            if np.any(up):
+                pn = pulse_number(g[up], a_ltp, d.pulse_levels, lo[up], hi[up])
+                g[up] = pulse_response(np.minimum(pn + n[up], d.pulse_levels - 1), a_ltp, d.pulse_levels,
+                                       lo[up], hi[up])
+            if np.any(down):
+                # LTD: the mirror image of the curve, measured down from g_max.
+                mirror = lo[down] + hi[down] - g[down]
+                pn = pulse_number(mirror, a_ltd, d.pulse_levels, lo[down], hi[down])
+                g[down] = lo[down] + hi[down] - pulse_response(np.minimum(pn - n[down], d.pulse_levels - 1),
+                                                               a_ltd, d.pulse_levels, lo[down], hi[down])
+            if d.c2c_rel:
+                moved = n != 0
+                g[moved] += d.c2c_rel * d.window_us * np.sqrt(np.abs(n[moved])) * \
+                    self._rng.standard_normal(int(moved.sum()))
+            g = np.clip(g, lo, hi)
+            if p["stuck"] is not None:
+                s = p["stuck"][k][0]
+                g = np.where(s == 1, hi, np.where(s == -1, lo, g))
+            new.append(g[None])
+            self._stats["pulses"] = self._stats.get("pulses", 0) + int(np.abs(n).sum())
+        gp = new[0]
+        gn = new[1] if self.mapping == "differential" else self._gn0
+        self._gp0, self._gn0 = gp, gn
+        self._set_state(gp, gn)
         return self
 
     # ---- state, drift, stats ----------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Shared pieces of the mvm benchmarks: shapes, crossbar configs, thread settings.
+
+Imported by conftest.py, test_mvm.py and profile_read.py (bench/ is on sys.path under pytest).
+
+The thread settings are part of every result: on a small machine numba's parallel kernels,
+OpenBLAS and torch's OpenMP pool each start one thread per core, and threads that spin-wait
+after one library's call slow down the next library's call. Every benchmark therefore records
+the numba threading layer and thread count, torch's thread count and numpy's BLAS in its
+`extra_info`, and the same dictionary goes into the JSON's `machine_info["threads"]`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# (batch, in, out): an MNIST-sized layer at a small and a large batch, and a square 1k layer.
+SHAPES = [(64, 784, 100), (1000, 784, 100), (256, 1024, 1024)]
+
+# Environment variables that change how the libraries thread; recorded so a result can be rerun.
+THREAD_ENV = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+              "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND")
+
+
+def shape_id(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def crossbar_configs():
+    """name -> (Device, Crossbar keywords): the three configurations of the benchmark."""
+    from xbar import Device
+
+    ideal = Device.preset("ideal")
+    noisy = ideal.with_(bits=3, read_noise_rel=0.02, read_noise_kind="multiplicative")
+    return {
+        # Analog device, analog inputs, no ADC: the fast path is one BLAS product.
+        "xbar-ideal": (ideal, dict(adc_bits=None, dac_bits=None)),
+        # 3-bit devices with 2 % multiplicative read noise, 8-bit ADC per tile output.
+        "xbar-3bit-adc8-t64": (noisy, dict(mapping="differential", adc_bits=8, tile=(64, 64))),
+        "xbar-3bit-adc8-t256": (noisy, dict(mapping="differential", adc_bits=8, tile=(256, 256))),
+    }
+
+
+def blas_info() -> list[dict] | dict:
+    """numpy's BLAS: the loaded libraries and their thread counts (threadpoolctl), else the build info."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        try:
+            return np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        except Exception as exc:   # noqa: BLE001 - informational only
+            return {"error": repr(exc)}
+    keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "threading_layer",
+            "architecture", "filepath")
+    return [{k: d.get(k) for k in keep} for d in threadpoolctl.threadpool_info()]
+
+
+def thread_info() -> dict:
+    """The thread settings in force now (call after a numba parallel kernel has run)."""
+    import numba
+
+    info: dict = {"cpu_count": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    info["env"] = {k: os.environ.get(k) for k in THREAD_ENV}
+    info["numba_version"] = numba.__version__
+    info["numba_threading_layer_requested"] = numba.config.THREADING_LAYER
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:       # no parallel region has run yet
+        info["numba_threading_layer"] = None
+    info["numba_num_threads"] = numba.get_num_threads()
+    info["numba_max_threads"] = numba.config.NUMBA_NUM_THREADS
+    try:
+        import torch
+
+        info["torch_version"] = torch.__version__
+        info["torch_num_threads"] = torch.get_num_threads()
+        info["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    except ImportError:
+        info["torch_num_threads"] = None
+    info["numpy_version"] = np.__version__
+    info["numpy_blas"] = blas_info()
+    return info
