@@ -52,13 +52,13 @@ def symm(x: np.ndarray, bits: int, m) -> np.ndarray:
     A degenerate range (max|x| == 0) returns x unchanged. For bits=1 there are no levels besides
     zero, so the seed formula is undefined; we refuse it.
     """
+    if bits < 2:
+        raise ConfigError("symm quantization needs bits >= 2 (2^(n-1) - 1 = 0 levels at n = 1)")
     x = np.asarray(x)
     dt = x.dtype
     m = dt.type(m)
     if m == 0:
         return x.copy()
-    if bits < 2:
-        raise ConfigError("symm quantization needs bits >= 2 (2^(n-1) - 1 = 0 levels at n = 1)")
     n = dt.type(2 ** (bits - 1) - 1)
     q = np.round(np.clip(x, -m, m) * n / m)
     return q * m / n
@@ -83,6 +83,8 @@ def quantize(x: np.ndarray, bits: int, kind: str = "asymm", rng: str = "global",
     """Quantize a tensor with the seed study's function and range ("global" or "local")."""
     if kind not in QUANTS:
         raise ConfigError(f"quant = {kind!r}: expected one of {', '.join(QUANTS)}")
+    if rng not in RANGES:
+        raise ConfigError(f"range = {rng!r}: expected one of {', '.join(RANGES)}")
     lo, hi = quant_range(x, kind, rng, w_range)
     return asymm(x, bits, lo, hi) if kind == "asymm" else symm(x, bits, hi)
 
@@ -195,7 +197,9 @@ def codes_to_planes(codes: Codes, device: Device, mapping: str, slices: int) -> 
                           f"({device.summary()}, {slices} slice(s)) holds at most {L ** slices - 1}: "
                           f"lower the quantizer bits, raise the device bits or add slices")
     if L is not None and codes.k_max >= 1 and float(codes.k_max).is_integer():
-        dstep = window / (L - 1)               # one device level
+        # Codes land on every s-th level so that the grid spans (at least half) the window.
+        stride = max(1, (L - 1) // int(codes.k_max)) if slices == 1 else 1
+        dstep = stride * window / (L - 1)
         alpha = codes.step / dstep
     else:
         dstep = window / codes.k_max           # analog: k_max code units span the window

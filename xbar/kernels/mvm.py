@@ -21,12 +21,11 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import njit_parallel
+from ._jit import njit, njit_parallel
 from .rng import _GOLDEN, _MASK7, _S32, _normal_slow, mix64, stream_key
 
 
-@njit_parallel
-def tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn, wn, fn, out, clipped):
+def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn, wn, fn, out, clipped):
     """Noise + ADC + digital accumulation over tiles. See the module docstring.
 
     M, V: (T, B, N) float32 currents and variances (V may have shape (0, 0, 0): no read noise).
@@ -71,6 +70,11 @@ def tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn,
                 else:
                     out[b, j] += cur * post[t, j]
         clipped[b] = nclip
+
+
+tile_periphery = njit_parallel(_tile_periphery)
+# The same body compiled without threads: small reads cost less than a parallel launch.
+tile_periphery_serial = njit(_tile_periphery)
 
 
 def tile_periphery_reference(M, V, step, qlo, qhi, post, z):

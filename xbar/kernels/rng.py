@@ -129,8 +129,7 @@ def normals(seed: int, counter: int, n: int) -> np.ndarray:
     return _normals(np.uint64(seed), np.uint64(counter), int(n), KN, WN, FN)
 
 
-@njit_parallel
-def add_scaled_normals(y, sd, seed, counter, kn, wn, fn):
+def _add_scaled_normals(y, sd, seed, counter, kn, wn, fn):
     """y += sd * z in place, z the stream (seed, counter) in row-major order. y, sd: (B, N) float32.
 
     Each thread owns whole rows of y. Used for read noise when there is no ADC.
@@ -148,3 +147,7 @@ def add_scaled_normals(y, sd, seed, counter, kn, wn, fn):
             else:
                 z = _normal_slow(h0, iz, hz, kn, wn, fn)
             y[b, j] += np.float32(sd[b, j] * z)
+
+
+add_scaled_normals = njit_parallel(_add_scaled_normals)
+add_scaled_normals_serial = njit(_add_scaled_normals)

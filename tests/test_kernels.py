@@ -1,0 +1,213 @@
+"""numba kernels against their slow numpy references, and the counter-based normal generator's statistics.
+
+The kernels are fed the same draws as the references: the draw of tile t, row b, output j is
+number (t*B + b)*N + j of the stream (seed, counter), i.e. rng.normals(seed, counter, T*B*N).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from scipy import stats
+
+from xbar.kernels import rng as krng
+from xbar.kernels.mvm import tile_periphery, tile_periphery_reference
+
+EPS32 = float(np.finfo(np.float32).eps)
+NO_VAR = np.zeros((0, 0, 0), np.float32)
+
+# (T, B, N): T tiles (x planes), B batch rows, N outputs. Includes 1x1x1, batch 1, one output, odd N.
+SHAPES = [(1, 1, 1), (1, 1, 7), (3, 1, 5), (2, 4, 1), (3, 5, 7), (4, 9, 33), (1, 16, 64)]
+
+
+def make_case(shape, adc: str, noisy: bool, seed: int):
+    """Random kernel inputs. ADC steps are powers of two so 1/step is exact in float32 and the
+    kernel's `cur * inv_step` equals the reference's `cur / step` bit for bit."""
+    T, _B, N = shape
+    r = np.random.default_rng(seed)
+    M = r.normal(0.0, 1.0, shape).astype(np.float32)
+    V = (r.uniform(0.0, 0.05, shape) ** 2).astype(np.float32) if noisy else NO_VAR
+    if noisy:
+        V[r.random(shape) < 0.2] = 0.0          # some outputs without noise (kernel draws only if var > 0)
+    step = (2.0 ** r.integers(-6, -3, size=(T, N))).astype(np.float32)
+    if adc == "none":
+        step[:] = 0.0
+    elif adc == "mixed":
+        step[::2] = 0.0                          # even tiles ideal, odd tiles quantized
+    # Small code range so some conversions clip: |M| / step reaches ~3 * 64 = 192 > qhi.
+    qhi = np.full((T, N), float(2 ** 6 - 1), np.float32)
+    qlo = -qhi
+    post = r.uniform(0.5, 2.0, (T, N)).astype(np.float32)
+    inv_step = np.where(step > 0, 1.0 / np.where(step > 0, step, 1.0), 0.0).astype(np.float32)
+    step_post = (step * post).astype(np.float32)
+    return M, V, step, inv_step, step_post, qlo, qhi, post
+
+
+def run_kernel(M, V, inv_step, step_post, qlo, qhi, post, seed, counter):
+    _T, B, N = M.shape
+    out = np.full((B, N), np.nan, np.float32)          # must be overwritten
+    clipped = np.full(B, -1, np.int64)
+    tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, np.uint64(seed), np.uint64(counter),
+                   krng.KN, krng.WN, krng.FN, out, clipped)
+    return out, clipped
+
+
+def assert_close_to_reference(out, ref, M, V, z, post):
+    """Float32 accumulation over T tiles: error <= a few eps32 times the summed |terms|."""
+    cur = np.abs(M.astype(np.float64))
+    if V.shape[0]:
+        cur = cur + np.sqrt(V.astype(np.float64)) * np.abs(z)
+    abs_sum = np.sum(cur * np.abs(post.astype(np.float64))[:, None, :], axis=0)
+    err = np.abs(out.astype(np.float64) - ref)
+    bound = 8 * EPS32 * (abs_sum + np.abs(ref)) + 1e-30
+    assert np.all(err <= bound), f"max err {err.max()}, worst ratio {(err / bound).max()}"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("adc", ["none", "all", "mixed"])
+@pytest.mark.parametrize("noisy", [False, True], ids=["quiet", "noisy"])
+def test_tile_periphery_matches_reference(shape, adc, noisy):
+    T, B, N = shape
+    seed, counter = 1234 + T, 17 + B
+    M, V, step, inv_step, step_post, qlo, qhi, post = make_case(shape, adc, noisy, seed=T * 100 + B + N)
+    inputs = [a.copy() for a in (M, V, inv_step, step_post, qlo, qhi, post)]
+    out, clipped = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, seed, counter)
+    z = krng.normals(seed, counter, T * B * N).reshape(T, B, N)
+    ref, nclip = tile_periphery_reference(M, V, step, qlo, qhi, post, z)
+    assert out.dtype == np.float32 and out.shape == (B, N)
+    assert_close_to_reference(out, ref, M, V, z, post)
+    assert int(clipped.sum()) == nclip
+    if adc == "none":
+        assert nclip == 0
+    for before, after in zip(inputs, (M, V, inv_step, step_post, qlo, qhi, post)):
+        assert np.array_equal(before, after), "the kernel must not modify its inputs"
+
+
+def test_tile_periphery_clips_some_conversions():
+    """The cases above really exercise clipping (otherwise 'clip counts equal' would be vacuous)."""
+    shape = (3, 5, 7)
+    M, V, step, inv_step, step_post, qlo, qhi, post = make_case(shape, "all", False, seed=3)
+    M *= 4.0
+    _out, clipped = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 0, 1)
+    _, nclip = tile_periphery_reference(M, V, step, qlo, qhi, post, np.zeros(shape))
+    assert nclip > 0 and int(clipped.sum()) == nclip
+
+
+def test_tile_periphery_deterministic():
+    shape = (3, 8, 11)
+    M, V, _, inv_step, step_post, qlo, qhi, post = make_case(shape, "mixed", True, seed=5)
+    a, ca = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 99, 3)
+    b, cb = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 99, 3)
+    assert a.tobytes() == b.tobytes() and np.array_equal(ca, cb)
+    c, _ = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 99, 4)
+    d, _ = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 100, 3)
+    assert not np.array_equal(a, c), "a different counter must give different noise"
+    assert not np.array_equal(a, d), "a different seed must give different noise"
+
+
+def test_kernels_independent_of_thread_count():
+    """Counter-based draws: the same bits whatever the number of threads."""
+    shape = (2, 32, 9)
+    M, V, _, inv_step, step_post, qlo, qhi, post = make_case(shape, "mixed", True, seed=8)
+    n_threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        a, _ = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 5, 6)
+        y1 = np.ones((32, 9), np.float32)
+        krng.add_scaled_normals(y1, np.ones_like(y1), np.uint64(5), np.uint64(6), krng.KN, krng.WN, krng.FN)
+    finally:
+        numba.set_num_threads(n_threads)
+    b, _ = run_kernel(M, V, inv_step, step_post, qlo, qhi, post, 5, 6)
+    y2 = np.ones((32, 9), np.float32)
+    krng.add_scaled_normals(y2, np.ones_like(y2), np.uint64(5), np.uint64(6), krng.KN, krng.WN, krng.FN)
+    assert a.tobytes() == b.tobytes()
+    assert y1.tobytes() == y2.tobytes()
+
+
+# ---- add_scaled_normals ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (9, 33), (64, 17)], ids=lambda s: "x".join(map(str, s)))
+def test_add_scaled_normals_matches_reference(shape):
+    B, N = shape
+    r = np.random.default_rng(B * 1000 + N)
+    y0 = r.normal(0.0, 3.0, shape).astype(np.float32)
+    sd = r.uniform(0.0, 2.0, shape).astype(np.float32)
+    sd[0, 0] = 0.0
+    seed, counter = 2024, 9
+    y = y0.copy()
+    sd_before = sd.copy()
+    krng.add_scaled_normals(y, sd, np.uint64(seed), np.uint64(counter), krng.KN, krng.WN, krng.FN)
+    z = krng.normals(seed, counter, B * N).reshape(B, N)
+    ref = y0.astype(np.float64) + sd.astype(np.float64) * z
+    bound = 2 * EPS32 * (np.abs(y0) + np.abs(sd * z) + np.abs(ref))
+    assert np.all(np.abs(y - ref) <= bound)
+    assert y[0, 0] == y0[0, 0], "sd = 0 leaves the element unchanged"
+    assert np.array_equal(sd, sd_before)
+
+
+def test_add_scaled_normals_deterministic():
+    sd = np.ones((6, 10), np.float32)
+
+    def draw(seed, counter):
+        y = np.zeros((6, 10), np.float32)
+        krng.add_scaled_normals(y, sd, np.uint64(seed), np.uint64(counter), krng.KN, krng.WN, krng.FN)
+        return y
+
+    assert draw(1, 1).tobytes() == draw(1, 1).tobytes()
+    assert not np.array_equal(draw(1, 1), draw(1, 2))
+    assert not np.array_equal(draw(1, 1), draw(2, 1))
+
+
+# ---- the normal generator ------------------------------------------------------------------------
+
+N_STAT = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def draws():
+    return krng.normals(20240601, 3, N_STAT)
+
+
+def test_normals_prefix_and_determinism():
+    a = krng.normals(7, 11, 1000)
+    assert a.dtype == np.float64
+    assert a.tobytes() == krng.normals(7, 11, 1000).tobytes()
+    assert np.array_equal(krng.normals(7, 11, 10), a[:10]), "draw i depends only on (seed, counter, i)"
+    assert not np.array_equal(krng.normals(7, 12, 1000), a)
+    assert not np.array_equal(krng.normals(8, 11, 1000), a)
+
+
+def test_normals_moments(draws):
+    """Mean, variance, skew and excess kurtosis within 5 standard errors of N(0, 1)'s."""
+    n = len(draws)
+    assert np.all(np.isfinite(draws))
+    assert abs(draws.mean()) < 5 * np.sqrt(1 / n)
+    assert abs(draws.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(stats.skew(draws)) < 5 * np.sqrt(6 / n)
+    assert abs(stats.kurtosis(draws)) < 5 * np.sqrt(24 / n)
+
+
+def test_normals_ks(draws):
+    # With a correct generator p is uniform on [0, 1]: a false alarm at 1e-4 is a 1-in-10^4 event.
+    assert stats.kstest(draws, "norm").pvalue > 1e-4
+
+
+@pytest.mark.parametrize("x", [1.0, krng._R, 4.0])
+def test_normals_tail_mass(draws, x):
+    """Counts beyond +-x (x = 3.44 is where the ziggurat's tail algorithm takes over) are
+    binomial(n, sf(x)) on each side: within 5 standard deviations."""
+    n = len(draws)
+    p = stats.norm.sf(x)
+    sd = np.sqrt(n * p * (1 - p))
+    for count in (np.sum(draws > x), np.sum(draws < -x)):
+        assert abs(count - n * p) < 5 * sd, (x, count, n * p)
+
+
+def test_normals_streams_uncorrelated():
+    n = 200_000
+    a = krng.normals(1, 1, n)
+    tol = 5 / np.sqrt(n)
+    for b in (krng.normals(1, 2, n), krng.normals(2, 1, n)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < tol
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < tol, "successive draws of one stream"

@@ -1,0 +1,21 @@
+"""Training networks on simulated crossbars: rules (what travels backward), update schemes (how a
+step reaches the devices), optimizers, and the loop.
+
+    from xbar.train import TrainConfig, train
+    result = train(TrainConfig(network="digits-mlp", dataset="digits", update="qat", bits=2))
+    result["test_accuracy"], result["history"][-1]
+
+Result dict: status ("ok" or "diverged"), message, test_accuracy and train_accuracy (percent,
+after the last epoch; None when the run diverged), history (one entry per epoch: epoch,
+test_accuracy, train_accuracy, loss (train loss measured after the epoch), test_loss, step_loss
+(mean loss over the epoch's steps), seconds (that epoch's training time, evaluation excluded),
+lr), seconds (whole run), train_seconds, config (resolved, JSON-ready), network, hardware.
+"""
+
+from .loop import FIELDS, TrainConfig, Trainer, evaluate, train
+from .optim import OPTIMIZERS, make_optimizer
+from .rules import RULES, make_rule
+from .updates import QUANTS, UPDATES, make_update
+
+__all__ = ["FIELDS", "OPTIMIZERS", "QUANTS", "RULES", "UPDATES", "TrainConfig", "Trainer", "evaluate",
+           "make_optimizer", "make_rule", "make_update", "train"]
