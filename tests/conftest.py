@@ -26,5 +26,5 @@ def compiled_kernels():
     clipped = np.empty(1, np.int64)
     for v in (m, np.zeros((0, 0, 0), np.float32)):
         tile_periphery(m, v, t_n, t_n, -t_n, t_n, t_n, np.uint64(0), np.uint64(1),
-                       krng.KN, krng.WN, krng.FN, out, clipped)
+                       krng.KN, krng.WN, krng.FN, krng.WN32, out, clipped)
     return True

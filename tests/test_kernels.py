@@ -49,7 +49,7 @@ def run_kernel(M, V, inv_step, step_post, qlo, qhi, post, seed, counter):
     out = np.full((B, N), np.nan, np.float32)          # must be overwritten
     clipped = np.full(B, -1, np.int64)
     tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, np.uint64(seed), np.uint64(counter),
-                   krng.KN, krng.WN, krng.FN, out, clipped)
+                   krng.KN, krng.WN, krng.FN, krng.WN32, out, clipped)
     return out, clipped
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, DataError, ShapeError, XbarError
+from .errors import ConfigError, DataError, NonFiniteError, ShapeError, XbarError
 from .device import Device
 
-__all__ = ["Device", "Crossbar", "XbarError", "ConfigError", "ShapeError", "DataError", "__version__"]
+__all__ = ["Device", "Crossbar", "XbarError", "ConfigError", "ShapeError", "NonFiniteError", "DataError", "__version__"]
 
 
 def __getattr__(name):

@@ -27,7 +27,7 @@ import numpy as np
 from . import mapping as mp
 from .device import Device, pulse_number, pulse_response
 from .device import pulse_curve_a as dev_pulse_a
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, NonFiniteError, ShapeError
 from .kernels import rng as krng
 from .kernels.mvm import tile_periphery, tile_periphery_serial
 
@@ -50,8 +50,12 @@ def _check_bits(name: str, value, lo: int, hi: int) -> None:
         raise ConfigError(f"{name} = {value!r}: expected an integer in [{lo}, {hi}] or None (ideal)")
 
 
-def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None) -> np.ndarray:
-    """Validate an input array (finite, real, right ndim/width) and return it as C-contiguous float32."""
+def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite: bool = True) -> np.ndarray:
+    """Validate an input array (real, right ndim/width, finite) and return it as C-contiguous float32.
+
+    check_finite=False skips the finiteness pass; hot paths then check their (smaller) output
+    and call :func:`raise_nonfinite` to name the culprit.
+    """
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as exc:
@@ -64,14 +68,24 @@ def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None) -> np.ndarra
         raise ShapeError(f"{name}: expected last dimension {cols}, got shape {arr.shape}")
     if any(s == 0 for s in arr.shape) and name == "W":
         raise ShapeError(f"{name}: empty matrix of shape {arr.shape}")
-    if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and \
-            np.max(np.abs(arr)) > np.finfo(np.float32).max:
-        raise ShapeError(f"{name}: values beyond the float32 range ({np.max(np.abs(arr)):.3g})")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ShapeError(f"{name}: contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
-    return arr
+    with np.errstate(over="ignore"):
+        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
+    if check_finite and not np.isfinite(arr32).all():
+        raise_nonfinite(name, arr, arr32)
+    return arr32
+
+
+def raise_nonfinite(name: str, orig, arr32: np.ndarray) -> None:
+    """Raise a ShapeError naming the first NaN/inf (or float32 overflow) in an input."""
+    where = np.argwhere(~np.isfinite(arr32))
+    if len(where) == 0:
+        raise NonFiniteError(f"{name}: the product overflowed the float32 range (inputs and weights "
+                             "are finite but too large)")
+    bad = tuple(int(i) for i in where[0])
+    value = np.asarray(orig)[bad]
+    if np.isfinite(value):
+        raise NonFiniteError(f"{name}: value {float(value):.3g} at index {bad} is beyond the float32 range")
+    raise NonFiniteError(f"{name}: contains NaN or inf (first at index {bad})")
 
 
 class Crossbar:
@@ -174,6 +188,7 @@ class Crossbar:
         self.dac_range = dac_range
         self.bias = bias
         self.read_noise = bool(read_noise)
+        self._analog_io = adc_bits is None and dac_bits is None
 
         self._rng = np.random.default_rng(self.seed)
         self._stream = self.seed     # key of the read-noise stream (a drifted copy gets its own)
@@ -311,28 +326,40 @@ class Crossbar:
     def mvm(self, X) -> np.ndarray:
         """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32."""
         self._check_programmed()
-        X = as_matrix("X", X, cols=self._n_in)
+        X0 = X
+        X = as_matrix("X", X, cols=self._n_in, check_finite=self._analog_io is False)
         self._stats["mvm_calls"] += 1
         if self._has_bias_row:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
-        xs, scale = self._dac(X)
-        y = self._read(xs, "fwd")
-        y *= scale
+        if self._analog_io:
+            y = self._read(X, "fwd")   # no DAC, no ADC: input scaling would cancel out exactly
+        else:
+            xs, scale = self._dac(X)
+            y = self._read(xs, "fwd")
+            y *= scale
         if self._b_digital is not None:
             y += self._b_digital[None, :]
         if self._beta32 is not None:
             y += X.sum(axis=1, keepdims=True) * self._beta32[None, :]
+        if self._analog_io and not np.isfinite(y).all():
+            raise_nonfinite("X", X0, as_matrix("X", X0, cols=self._n_in, check_finite=False))
         return y
 
     def mvm_t(self, E) -> np.ndarray:
         """In-memory transposed product E @ W.T on the same devices: (batch, out) -> (batch, in)."""
         self._check_programmed()
-        E = as_matrix("E", E, cols=self._shape[1])
+        E0 = E
+        E = as_matrix("E", E, cols=self._shape[1], check_finite=self._analog_io is False)
         self._stats["mvm_t_calls"] += 1
         Ea = E * self._alpha32[None, :]      # the column gain is digital: applied before the DAC
-        es, scale = self._dac(Ea)
-        y = self._read(es, "bwd")
-        y *= scale
+        if self._analog_io:
+            y = self._read(Ea, "bwd")
+            if not np.isfinite(y).all():
+                raise_nonfinite("E", E0, as_matrix("E", E0, cols=self._shape[1], check_finite=False))
+        else:
+            es, scale = self._dac(Ea)
+            y = self._read(es, "bwd")
+            y *= scale
         if self._beta32 is not None:
             y += (E @ self._beta32)[:, None]
         return y[:, :self._n_in] if self._has_bias_row else y
@@ -380,7 +407,8 @@ class Crossbar:
         self._reads += 1
         kernel = tile_periphery if M.size >= _PARALLEL_MIN else tile_periphery_serial
         kernel(M, V if V is not None else _NO_VAR, inv_step, step_post, qlo, qhi, post,
-                       np.uint64(self._stream), np.uint64(self._reads), krng.KN, krng.WN, krng.FN, out, clipped)
+                       np.uint64(self._stream), np.uint64(self._reads), krng.KN, krng.WN, krng.FN, krng.WN32,
+               out, clipped)
         self._stats["adc_conversions"] += M.size
         self._stats["adc_clipped"] += int(clipped.sum())
         return out

@@ -18,5 +18,9 @@ class ShapeError(XbarError, ValueError):
     """An array has the wrong shape, dtype or contents (NaN/inf)."""
 
 
+class NonFiniteError(ShapeError):
+    """An array holds NaN/inf or overflows float32 (e.g. a diverging training run)."""
+
+
 class DataError(XbarError, FileNotFoundError):
     """A dataset could not be found or read; the message says where xbar looked."""

@@ -54,6 +54,7 @@ def _tables():
 
 
 KN, WN, FN = _tables()
+WN32 = WN.astype(np.float32)
 
 
 @njit_inline

@@ -10,6 +10,13 @@ after the last epoch; None when the run diverged), history (one entry per epoch:
 test_accuracy, train_accuracy, loss (train loss measured after the epoch), test_loss, step_loss
 (mean loss over the epoch's steps), seconds (that epoch's training time, evaluation excluded),
 lr), seconds (whole run), train_seconds, config (resolved, JSON-ready), network, hardware.
+
+How to add a rule: subclass rules.Rule, return one delta per layer from ``deltas`` using only
+``layer.backward_input`` / ``layer.local_delta`` (and your own fixed matrices, exposed through
+``feedback()`` if an update scheme should round them), then register it in rules._RULES.
+How to add an update scheme: subclass updates.Update (``attach`` places weights on crossbars,
+``after_step`` runs after every optimizer step), register it in updates._UPDATES, and give it
+defaults in loop.UPDATE_DEFAULTS.
 """
 
 from .loop import FIELDS, TrainConfig, Trainer, evaluate, train

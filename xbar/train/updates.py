@@ -16,13 +16,19 @@ The grid ("quant"):
 - ``asymm`` / ``symm``: the seed study's quantizers (xbar.mapping.asymm/symm), n = bits;
 - ``device``: the crossbar's own grid with quant=None, a differential pair of L-level devices:
   x̂ = k·m/(L-1), k ∈ {-(L-1), …, L-1} (ternary at 1 bit), zero included.
-The range: ``global`` is [-w_max, w_max] for every tensor (α fixed, physical); ``local`` is each
-tensor's own min/max (or max|x|), recomputed at every step; with gain "column", each output
-column of W gets its own range (a digital gain per column).
+The range:
+- ``global``: [-w_max, w_max] for every tensor of the network (α fixed, physical; the seed study);
+- ``init``: a fixed range per layer, [-m_l, m_l] with m_l = range_scale · max|W_l| at
+  initialisation: a digital gain α_l calibrated once when the layer is first programmed, then
+  kept (physical: the levels never move);
+- ``local``: each tensor's own min/max (or max|x|), recomputed at every step (not physical for
+  in-situ updates: the levels move); with gain "column", each output column of W gets its own
+  range (a digital gain per column).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +42,7 @@ from ..nn import Network
 
 UPDATES = ("float", "nearest", "stochastic", "qat")
 QUANTS = ("device", "asymm", "symm")
+RANGES = ("global", "init", "local")
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,8 @@ class DeviceSetup:
     device: the device, with the `bits` override already applied.
     bits: quantizer bits (asymm/symm), or the device's bits; None only for quant "device".
     quant: "device", "asymm" or "symm" (see the module docstring).
-    range / w_range / gain: the grid's range, as in :class:`xbar.Crossbar`.
+    range: "global", "init" or "local"; w_range: the global range (lo, hi); gain: "layer" or
+        "column" (per-column ranges under "local"); range_scale: m_l / max|W_l(0)| under "init".
     tile, adc_bits, dac_bits: crossbar geometry and periphery.
     """
 
@@ -58,6 +66,16 @@ class DeviceSetup:
     tile: tuple[int, int] = (64, 64)
     adc_bits: int | None = None
     dac_bits: int | None = None
+    range_scale: float = 2.0
+
+    def fixed_for(self, x: np.ndarray) -> DeviceSetup:
+        """Under range "init": this setup with a global range fixed from tensor x; else itself."""
+        if self.range != "init":
+            return self
+        m = self.range_scale * float(np.max(np.abs(x))) if x.size else 0.0
+        if not m > 0:
+            m = max(abs(self.w_range[0]), abs(self.w_range[1]))
+        return dataclasses.replace(self, range="global", w_range=(-m, m))
 
     def crossbar(self, seed: int) -> Crossbar:
         quant = None if self.quant == "device" else self.quant
@@ -113,6 +131,8 @@ def round_to_grid(x: np.ndarray, setup: DeviceSetup, u: np.ndarray | None = None
     x̂ = q (hi - lo)/n + lo; symmetric t = clip(x) n/m, x̂ = q m/n. A degenerate range (hi == lo,
     m == 0) leaves x unchanged, per tensor or per column.
     """
+    if setup.range == "init":
+        raise ConfigError("range 'init' must be fixed per layer first (DeviceSetup.fixed_for)")
     if u is None and not columns and setup.quant != "device":
         # The seed study's own functions, so nearest rounding matches them bit for bit.
         return mp.quantize(x, setup.bits, setup.quant, setup.range, setup.w_range)
@@ -139,7 +159,10 @@ def round_to_grid(x: np.ndarray, setup: DeviceSetup, u: np.ndarray | None = None
 # ---- the schemes -------------------------------------------------------------------------------
 
 class Update:
-    """Base class. attach() places the weights; after_step() runs after every optimizer step."""
+    """Base class. attach() places the weights; after_step() runs after every optimizer step.
+
+    self.setups holds one DeviceSetup per layer (they differ only under range "init").
+    """
 
     name = ""
     on_device = True
@@ -147,11 +170,13 @@ class Update:
     def __init__(self, setup: DeviceSetup | None, rng: np.random.Generator | None = None):
         self.setup = setup
         self.rng = rng
+        self.setups: list[DeviceSetup] = []
 
     def attach(self, net: Network, seeds: list[int], feedback: list[np.ndarray]) -> None:
         """Give every layer a crossbar (seeded per layer) and program the initial weights."""
-        for layer, seed in zip(net.layers, seeds):
-            layer.crossbar = self.setup.crossbar(seed)
+        self.setups = [self.setup.fixed_for(layer.W) for layer in net.layers]
+        for layer, setup, seed in zip(net.layers, self.setups, seeds):
+            layer.crossbar = setup.crossbar(seed)
             layer.program()
 
     def after_step(self, net: Network, feedback: list[np.ndarray]) -> None:
@@ -186,42 +211,45 @@ class NearestUpdate(Update):
     """The seed study: round weights and biases to the nearest level after every step."""
 
     name = "nearest"
+    rounds_feedback = True
 
-    def _round(self, x: np.ndarray, columns: bool) -> np.ndarray:
-        return round_to_grid(x, self.setup, columns=columns)
+    def _round(self, x: np.ndarray, setup: DeviceSetup, columns: bool) -> np.ndarray:
+        return round_to_grid(x, setup, columns=columns)
 
     def attach(self, net, seeds, feedback):
+        super().attach(net, seeds, feedback)
         # The seed study rounds FA's fixed feedback matrices with the weights' function, at the
         # start and after every step (idempotent but for float ulps under a local range).
-        for B in feedback:
-            B[...] = self._round(B, False)
-        super().attach(net, seeds, feedback)
+        self._fb_setups = [self.setup.fixed_for(B) for B in feedback]
+        self._round_feedback(feedback)
+
+    def _round_feedback(self, feedback):
+        if self.rounds_feedback:
+            for B, setup in zip(feedback, self._fb_setups):
+                B[...] = self._round(B, setup, False)
 
     def after_step(self, net, feedback):
-        columns = self.setup.gain == "column" and self.setup.range == "local"
-        for B in feedback:
-            B[...] = self._round(B, False)
-        for layer in net.layers:
-            layer.W[...] = self._round(layer.W, columns)
+        self._round_feedback(feedback)
+        for layer, setup in zip(net.layers, self.setups):
+            columns = setup.gain == "column" and setup.range == "local"
+            layer.W[...] = self._round(layer.W, setup, columns)
             if layer.b is not None:
-                layer.b[...] = self._round(layer.b, False)
+                layer.b[...] = self._round(layer.b, setup, False)
             layer.program()
 
 
 class StochasticUpdate(NearestUpdate):
-    """Stochastic rounding onto the same grid: unbiased, q = floor(x/s + u), u ~ U[0, 1)."""
+    """Stochastic rounding onto the same grid: unbiased, q = floor(x/s + u), u ~ U[0, 1).
+
+    The feedback matrices of FA/DFA stay as drawn (fixed, digital).
+    """
 
     name = "stochastic"
+    rounds_feedback = False
 
-    def attach(self, net, seeds, feedback):
-        Update.attach(self, net, seeds, feedback)
-
-    def after_step(self, net, feedback):
-        super().after_step(net, [])   # feedback matrices stay as drawn (digital, fixed)
-
-    def _round(self, x, columns):
+    def _round(self, x, setup, columns):
         u = self.rng.random(x.shape, dtype=np.float32).astype(x.dtype, copy=False)
-        return round_to_grid(x, self.setup, u=u, columns=columns)
+        return round_to_grid(x, setup, u=u, columns=columns)
 
 
 _UPDATES = {"float": FloatUpdate, "nearest": NearestUpdate, "stochastic": StochasticUpdate, "qat": QATUpdate}
