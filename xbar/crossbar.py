@@ -283,21 +283,16 @@ class Crossbar:
         return g
 
     def _set_state(self, gp: np.ndarray, gn: np.ndarray) -> None:
-        """Build the kernel-ready arrays (per-tile stacks, effective weights) from conductances."""
+        """Install conductances; the kernel-ready arrays derived from them are built on first use."""
         d = self.device
         self._gp, self._gn = gp, gn
         P, rows, out = gp.shape
         R, C = self.tile
         self._nrt, self._nct = -(-rows // R), -(-out // C)
-        gd = gp - gn
-        self._gd = gd
+        self._gd = gp - gn
         self._alpha_eff = self._alpha * self.drift_compensation
         self._alpha32 = self._alpha_eff.astype(np.float32)
         self._beta32 = self._beta.astype(np.float32) if np.any(self._beta) else None
-        gsum = np.einsum("p,pio->io", self._sig, gd)
-        self._w_eff = gsum * self._alpha_eff[None, :] + self._beta[None, :]
-        self._w_fwd32 = np.ascontiguousarray(gsum * self._alpha_eff[None, :], dtype=np.float32)
-        self._w_bwd32 = np.ascontiguousarray(gsum.T, dtype=np.float32)
         self._var = None
         if d.read_noise_rel and self.read_noise:
             s = d.read_noise_rel
@@ -307,16 +302,63 @@ class Crossbar:
                 n_dev = 2 if self.mapping == "differential" else 1
                 var = np.full_like(gp, n_dev * (s * d.window_us) ** 2)
             self._var = var
-            vsum = np.einsum("p,pio->io", self._sig ** 2, var)
-            self._v_fwd32 = np.ascontiguousarray(vsum * (self._alpha_eff ** 2)[None, :], dtype=np.float32)
-            self._v_bwd32 = np.ascontiguousarray(vsum.T, dtype=np.float32)
-        pad = self._nrt * R - rows
-        self._fwd_g = np.pad(gd, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(P, self._nrt, R, out)
-        self._fwd_v = None
-        if self._var is not None:
-            self._fwd_v = np.pad(self._var, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(
-                P, self._nrt, R, out)
-        self._bwd = None   # transposed stacks, built on first mvm_t
+        self._cache: dict[str, Any] = {}
+
+    def _cached(self, key: str, build):
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = build()
+        return value
+
+    def _gsum(self) -> np.ndarray:
+        """sum_p sig_p (G+ - G-): the analog weight before the digital gain, (rows, out)."""
+        return self._cached("gsum", lambda: np.einsum("p,pio->io", self._sig, self._gd)
+                            if self._gd.shape[0] > 1 else self._gd[0])
+
+    def _vsum(self) -> np.ndarray:
+        return self._cached("vsum", lambda: np.einsum("p,pio->io", self._sig ** 2, self._var))
+
+    @property
+    def _w_eff(self) -> np.ndarray:
+        return self._cached("w_eff", lambda: self._gsum() * self._alpha_eff[None, :] + self._beta[None, :])
+
+    @property
+    def _w_fwd32(self) -> np.ndarray:
+        return self._cached("w_fwd32", lambda: np.ascontiguousarray(
+            self._gsum() * self._alpha_eff[None, :], dtype=np.float32))
+
+    @property
+    def _w_bwd32(self) -> np.ndarray:
+        return self._cached("w_bwd32", lambda: np.ascontiguousarray(self._gsum().T, dtype=np.float32))
+
+    @property
+    def _v_fwd32(self) -> np.ndarray:
+        return self._cached("v_fwd32", lambda: np.ascontiguousarray(
+            self._vsum() * (self._alpha_eff ** 2)[None, :], dtype=np.float32))
+
+    @property
+    def _v_bwd32(self) -> np.ndarray:
+        return self._cached("v_bwd32", lambda: np.ascontiguousarray(self._vsum().T, dtype=np.float32))
+
+    def _fwd_stacks(self):
+        """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance."""
+        def build():
+            P, rows, out = self._gd.shape
+            R = self.tile[0]
+            pad = self._nrt * R - rows
+
+            def stack(a):
+                return np.pad(a, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(P, self._nrt, R, out)
+            return stack(self._gd), None if self._var is None else stack(self._var)
+        return self._cached("fwd", build)
+
+    @property
+    def _fwd_g(self):
+        return self._fwd_stacks()[0]
+
+    @property
+    def _fwd_v(self):
+        return self._fwd_stacks()[1]
 
     # ---- reading --------------------------------------------------------------------------------
     def _check_programmed(self):
@@ -419,12 +461,10 @@ class Crossbar:
         R, C = self.tile
         P = self._gd.shape[0]
         if way == "fwd":
-            n_t, size, g, v = self._nrt, R, self._fwd_g, self._fwd_v
+            n_t, size, (g, v) = self._nrt, R, self._fwd_stacks()
             post = (self._sig[:, None, None] * self._alpha_eff[None, None, :]).repeat(n_t, axis=1)
         else:
-            if self._bwd is None:
-                self._build_bwd()
-            n_t, size, (g, v) = self._nct, C, self._bwd
+            n_t, size, (g, v) = self._nct, C, self._bwd_stacks()
             post = np.broadcast_to(self._sig[:, None, None], (P, n_t, g.shape[-1]))
         pad = n_t * size - xs.shape[1]
         xt = np.ascontiguousarray(np.pad(xs, ((0, 0), (0, pad))).reshape(B, n_t, size).transpose(1, 0, 2))
@@ -435,17 +475,18 @@ class Crossbar:
         post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
         return M, V, post
 
-    def _build_bwd(self):
+    def _bwd_stacks(self):
         """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t."""
-        R, C = self.tile
-        P, rows, out = self._gd.shape
-        pad = self._nct * C - out
+        def build():
+            C = self.tile[1]
+            P, rows, out = self._gd.shape
+            pad = self._nct * C - out
 
-        def stack(a):
-            a = np.pad(a, ((0, 0), (0, 0), (0, pad))).astype(np.float32)
-            return np.ascontiguousarray(a.reshape(P, rows, self._nct, C).transpose(0, 2, 3, 1))
-
-        self._bwd = (stack(self._gd), None if self._var is None else stack(self._var))
+            def stack(a):
+                a = np.pad(a, ((0, 0), (0, 0), (0, pad))).astype(np.float32)
+                return np.ascontiguousarray(a.reshape(P, rows, self._nct, C).transpose(0, 2, 3, 1))
+            return stack(self._gd), None if self._var is None else stack(self._var)
+        return self._cached("bwd", build)
 
     def _adc_params(self, M: np.ndarray, post: np.ndarray, way: str):
         """ADC step, code bounds and step*gain per (tile, output): full scale per tile."""

@@ -218,19 +218,24 @@ def codes_to_planes(codes: Codes, device: Device, mapping: str, slices: int) -> 
     else:
         digits = [mag]
         sig = np.ones(1)
+    uniform = levels is not None and device.is_uniform
+    lvl = window / (L - 1) if uniform else None
+
+    def on_device(g_on):
+        # Uniform levels: snap arithmetically (cheap, exact on-grid codes stay put).
+        if uniform:
+            return g_min + np.clip(np.round((g_on - g_min) / lvl), 0, L - 1) * lvl
+        return g_on if levels is None else snap_to_levels(g_on, levels)
+
     gp, gn = [], []
     for d in digits:
-        g_on = g_min + d * dstep
+        g_on = on_device(g_min + d * dstep)
         if mapping == "differential":
             gp.append(np.where(pos, g_on, g_min))
             gn.append(np.where(pos, g_min, g_on))
         else:
             gp.append(g_on)
             gn.append(np.full_like(g_on, g_min))
-    gp_a = np.stack(gp)
-    gn_a = np.stack(gn)
-    if levels is not None:
-        gp_a = snap_to_levels(gp_a, levels)
-        if mapping == "differential":
-            gn_a = snap_to_levels(gn_a, levels)
+    gp_a = np.stack(gp) if len(gp) > 1 else gp[0][None]
+    gn_a = np.stack(gn) if len(gn) > 1 else gn[0][None]
     return Planes(gp_a, gn_a, sig, alpha, codes.beta.astype(np.float64), codes.clipped)
