@@ -107,6 +107,134 @@ def cmd_data(args) -> int:
     return 0
 
 
+# ---- xbar train / baseline / demo ------------------------------------------------------------------
+
+def _add_config_options(parser: argparse.ArgumentParser, fields) -> None:
+    """One --option per config field, generated from the same Field specs that validate configs."""
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict = {"dest": f.name, "default": None, "help": f.doc + (f" [{f.range_text()}]" if f.kind != "str"
+                                                                        or f.choices else "")}
+        if f.kind == "bool":
+            kw["type"] = _bool
+            kw["metavar"] = "true|false"
+        elif f.kind == "int":
+            kw["type"] = int
+        elif f.kind == "float":
+            kw["type"] = float
+        if f.choices:
+            kw["metavar"] = "{" + ",".join(f.choices) + "}"
+        parser.add_argument(flag, **kw)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _config_from_args(args, fields) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+
+
+class _Progress:
+    """One line per epoch on stderr (stdout stays clean for --json)."""
+
+    def __init__(self, epochs: int | None, quiet: bool):
+        self.epochs, self.quiet = epochs, quiet
+
+    def __call__(self, entry: dict) -> None:
+        if self.quiet:
+            return
+        tr = entry.get("train_accuracy")
+        tr_text = "" if tr is None else f"  train {tr:6.2f}%"
+        total = f"/{self.epochs}" if self.epochs else ""
+        print(f"epoch {entry['epoch']:>3}{total}  test {entry['test_accuracy']:6.2f}%{tr_text}  "
+              f"loss {entry['loss']:.4f}  {entry['seconds']:.2f}s", file=sys.stderr, flush=True)
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=_json_default))
+        return
+    cfg = result["config"]
+    print(f"{cfg.get('network')} on {cfg.get('dataset')}: status {result['status']}"
+          + (f" ({result['message']})" if result.get("message") else ""))
+    if result.get("test_accuracy") is not None:
+        print(f"test accuracy {result['test_accuracy']:.2f}%  train accuracy "
+              f"{result['train_accuracy'] if result['train_accuracy'] is None else round(result['train_accuracy'], 2)}%"
+              f"  ({result['seconds']:.1f} s)")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+    from .train.loop import FIELDS
+    cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
+    result = train(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet))
+    if args.out:
+        from .checkpoint import save
+        save(args.out, result.pop("_trainer", None), cfg, result)
+    result.pop("_trainer", None)
+    _print_result(result, args.json)
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_baseline(args) -> int:
+    from .baseline import baseline
+    from .train import TrainConfig
+    from .train.loop import FIELDS
+    cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
+    result = baseline(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet))
+    _print_result(result, args.json)
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load
+    run = load(args.run)
+    result = run.evaluate_dataset(at_seconds=args.at, compensate=args.compensate, data_dir=args.data_dir)
+    _print_result(result, args.json) if not args.json else print(json.dumps(result, default=_json_default))
+    return 0
+
+
+DEMO_UPDATES = ("float", "nearest", "stochastic", "qat")
+
+
+def cmd_demo(args) -> int:
+    """Train digits-mlp on a 3-bit crossbar with each update scheme and print one table."""
+    from .train import train
+    rows = []
+    for update in DEMO_UPDATES:
+        cfg = {"network": "digits-mlp", "dataset": "digits", "device": args.device, "update": update,
+               "rule": "bp", "epochs": args.epochs, "seed": args.seed, "adc_bits": args.adc_bits}
+        if update != "float":
+            cfg["bits"] = args.bits
+        if update == "nearest":
+            cfg.update({"quant": "asymm", "range": "global"})
+        r = train(cfg)
+        hw = r["hardware"]
+        rows.append((update, "-" if update == "float" else f"{args.bits}-bit", r["status"],
+                     "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.2f}",
+                     f"{r['seconds']:.1f}", sum(h.get("tiles", 0) for h in hw) if hw else "-"))
+        print(f"  {update:<10} done: {rows[-1][3]}%", file=sys.stderr, flush=True)
+    print(f"digits-mlp (64-32-10) on digits, device {args.device}, {args.bits}-bit levels, "
+          f"{args.epochs} epochs, 64x64 tiles, ADC {args.adc_bits} bits")
+    _print_table(("update", "levels", "status", "test acc %", "seconds", "tiles"), rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xbar", description="Memristor crossbar simulator for neural networks")
     p.add_argument("--version", action="version", version=f"xbar {__version__}")
@@ -124,6 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dac-bits", type=int, default=8)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_mvm_demo)
+
+    from .train.loop import FIELDS as TRAIN_FIELDS
+    for name, func, text in (("train", cmd_train, "train a network on the simulated crossbar"),
+                             ("baseline", cmd_baseline, "train the same network in float torch")):
+        t = sub.add_parser(name, help=text)
+        _add_config_options(t, TRAIN_FIELDS)
+        t.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+        t.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+        if name == "train":
+            t.add_argument("--out", default=None, help="save the trained network and device state (.h5)")
+        t.set_defaults(func=func)
+
+    e = sub.add_parser("eval", help="re-evaluate a saved run, optionally after drift")
+    e.add_argument("run")
+    e.add_argument("--at", type=float, default=None, help="seconds after programming (drift)")
+    e.add_argument("--compensate", action="store_true", help="global drift compensation")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    dm = sub.add_parser("demo", help="digits on a 3-bit crossbar: float vs nearest vs stochastic vs qat")
+    dm.add_argument("--device", default="ideal")
+    dm.add_argument("--bits", type=int, default=3)
+    dm.add_argument("--epochs", type=int, default=30)
+    dm.add_argument("--adc-bits", type=int, default=8)
+    dm.add_argument("--seed", type=int, default=1)
+    dm.set_defaults(func=cmd_demo)
 
     da = sub.add_parser("data", help="fetch or inspect datasets")
     da.add_argument("action", choices=["fetch", "info"])
