@@ -70,6 +70,23 @@ FIELDS: tuple[Field, ...] = (
     Field("train_limit", "int", None, "Use only the first N training samples.", lo=1, optional=True),
     Field("test_limit", "int", None, "Use only the first N test samples.", lo=1, optional=True),
     Field("eval_train", "bool", True, "Measure train accuracy and loss after every epoch."),
+    # rule "hsic" (xbar.train.hsic); defaults from the official code, see that module
+    Field("hsic_sigma", "float", 5.0, "HSIC: Gaussian kernel width σ (kernel exp(-|a-b|²/(2σ²d))).",
+          lo=0.0, lo_open=True),
+    Field("hsic_beta", "float", 500.0, "HSIC: weight β of the label term in nHSIC(Z,X) - β nHSIC(Z,Y).",
+          lo=0.0),
+    Field("hsic_eps", "float", 1e-5, "HSIC: ridge ε of the normalised HSIC (εm is added to the "
+          "centred kernel).", lo=0.0, lo_open=True),
+    Field("hsic_epochs", "int", None, "HSIC: epochs in which the hidden layers learn (the output layer "
+          "alongside them); afterwards only the output layer trains, on the frozen features (omit: "
+          "half the epochs, rounded up).", lo=1, optional=True),
+    Field("hsic_standardise", "bool", True, "HSIC: kernels see each batch divided by its rms (in place "
+          "of the official networks' BatchNorm); false: the raw features."),
+    # rule "sg" (xbar.train.sg)
+    Field("sg_conditioned", "bool", True, "SG: the synthetic-gradient modules also see the one-hot "
+          "label (cDNI); false: plain DNI."),
+    Field("sg_lr", "float", 1e-3, "SG: Adam learning rate of the (digital) synthetic-gradient modules.",
+          lo=0.0, lo_open=True),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 
@@ -145,6 +162,13 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     eval_train: bool = True
+    hsic_sigma: float = 5.0
+    hsic_beta: float = 500.0
+    hsic_eps: float = 1e-5
+    hsic_epochs: int | None = None
+    hsic_standardise: bool = True
+    sg_conditioned: bool = True
+    sg_lr: float = 1e-3
 
     def __post_init__(self):
         values = {f: getattr(self, f) for f in FIELD_NAMES}
@@ -190,6 +214,8 @@ class TrainConfig:
                         break
         if self.update == "float":
             filled.update(quant=None, range=None, gain=None)
+        if self.rule == "hsic" and filled["hsic_epochs"] is None:
+            filled["hsic_epochs"] = (filled["epochs"] + 1) // 2
         out = TrainConfig(**filled)
         NetworkSpec.preset(out.network)
         dev = out.device_obj()
@@ -201,7 +227,19 @@ class TrainConfig:
             setup.steps()   # analog or non-uniform devices cannot be rounded onto
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
+        if out.rule == "hsic" and out.batch_size < 2:
+            raise ConfigError(f"rule = 'hsic' with batch_size = {out.batch_size}: the HSIC estimator "
+                              "needs batches of at least 2 samples (the official code uses 256-512)")
         return out
+
+    def rule_options(self) -> dict[str, Any]:
+        """The keyword options of make_rule for this config's rule."""
+        if self.rule == "hsic":
+            return {"sigma": self.hsic_sigma, "beta": self.hsic_beta, "eps": self.hsic_eps,
+                    "hsic_epochs": self.hsic_epochs, "standardise": self.hsic_standardise}
+        if self.rule == "sg":
+            return {"conditioned": self.sg_conditioned, "lr": self.sg_lr}
+        return {}
 
     def device_obj(self) -> Device:
         dev = Device.preset(self.device)
@@ -246,14 +284,19 @@ class Trainer:
     """The pieces of one run, built from a resolved config: network, rule, update, optimizer.
 
     ``step(x, y)`` is one optimizer step (forward, rule, gradients, step, update); ``train``
-    drives it over epochs. Built separately so tests and tools can run steps by hand.
+    drives it over epochs, calling ``start_epoch`` before each. Built separately so tests and
+    tools can run steps by hand.
+
+    The optimizer covers the layers the rule trains; when that set changes (a rule returns None
+    for layers it freezes, e.g. HSIC's output-only phase), it is rebuilt for the new set with the
+    current learning rate and fresh state.
     """
 
     def __init__(self, cfg: TrainConfig, n_in: int, n_classes: int):
         self.cfg = cfg
         self.spec = NetworkSpec.preset(cfg.network)
         self.net = self.spec.build(n_in, n_classes, _stream(cfg.seed, 0))
-        self.rule = make_rule(cfg.rule)
+        self.rule = make_rule(cfg.rule, **cfg.rule_options())
         self.rule.setup(self.net, _stream(cfg.seed, 1))
         self.update = make_update(cfg.update, cfg.device_setup(), _stream(cfg.seed, 3))
         self.feedback = self.rule.feedback()
@@ -263,6 +306,20 @@ class Trainer:
                                   weight_decay=cfg.weight_decay)
         self.sched = StepLR(self.opt, cfg.lr_step, cfg.lr_gamma)
         self.shuffle = _stream(cfg.seed, 2)
+        self._active = tuple(range(len(self.net.layers)))   # layers the optimizer covers
+
+    def start_epoch(self, epoch: int) -> None:
+        """Tell the rule a new epoch (1-based) begins."""
+        self.rule.start_epoch(epoch)
+
+    def _cover(self, active: tuple[int, ...]) -> None:
+        """Rebuild the optimizer for the layers in `active` (current lr, fresh state)."""
+        cfg, lr = self.cfg, self.opt.lr
+        params = [p for i in active for p in self.net.layers[i].params()]
+        self.opt = make_optimizer(cfg.optimizer, params, lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+        self.sched.optimizer = self.opt
+        self._active = active
 
     def calibrate(self, x: np.ndarray) -> None:
         """Recalibrate every crossbar's forward ADC range on batch x (layer by layer, each on its
@@ -281,9 +338,13 @@ class Trainer:
             loss, e = net.loss(out, y)
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss}")
-            deltas = self.rule.deltas(net, caches, e)
-            grads = [g for layer, d, c in zip(net.layers, deltas, caches) for g in layer.grads(d, c)]
+            deltas = self.rule.deltas(net, caches, e, y)
+            active = tuple(i for i, d in enumerate(deltas) if d is not None)
+            if active != self._active:
+                self._cover(active)
+            grads = [g for i in active for g in net.layers[i].grads(deltas[i], caches[i])]
             self.opt.step(grads)
+            self.rule.step()
             self.update.after_step(net, self.feedback)
         except ShapeError as exc:
             # The crossbar refuses NaN/inf (or float32-overflowing) weights, inputs and outputs.
@@ -359,6 +420,7 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch):
     for epoch in range(1, cfg.epochs + 1):
         perm = tr.shuffle.permutation(n)
         t0 = time.perf_counter()
+        tr.start_epoch(epoch)
         if cfg.adc_bits is not None and epoch > 1:
             # Weights grow during training: the ADC full scale set on the first batch would clip.
             tr.calibrate(Xtr[perm[:max(bs, 256)]])

@@ -10,9 +10,18 @@ runs: a rule only calls ``layer.backward_input`` (Wᵀ, read from the layer's de
   with B_{l+1} fixed, random, the shape of W_{l+1}, drawn like W (U[±1/√in]).
 - ``dfa`` (Nøkland 2016, NeurIPS): delta_l = (e B_l) ⊙ f'(a_l) for every hidden layer, with B_l
   (classes, width_l) fixed random U[±1/√classes] (the fan-in of the projection e -> layer l).
+- ``hsic`` (:mod:`xbar.train.hsic`): each hidden layer's delta is the gradient of its own local
+  HSIC-bottleneck objective; the output layer gets e. Needs the labels.
+- ``sg`` (:mod:`xbar.train.sg`): each hidden layer's delta comes from a learned synthetic-gradient
+  module (cDNI, label-conditioned, by default; plain DNI with ``sg_conditioned = false``).
 
 The feedback matrices are kept in digital memory, float32; an update scheme may quantize them
 (the seed study rounds FA's B with the weights' quantizer after every step).
+
+The protocol the trainer follows each step: ``deltas(net, caches, e, y)`` (a None delta means
+"this layer does not change this step": the trainer leaves it out of the optimizer), the optimizer
+step, then ``step()`` for the rule's own learnable state (SG modules). ``start_epoch(epoch)`` runs
+before every epoch (HSIC's output-only phase). Options come from the config via ``make_rule``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,14 @@ from ..config import suggest
 from ..errors import ConfigError, ShapeError
 from ..nn import Cache, Network
 
-RULES = ("bp", "fa", "dfa")
+RULES = ("bp", "fa", "dfa", "hsic", "sg")
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m,) integer labels -> (m, n_classes) float32 one-hot rows (for rules that use labels)."""
+    out = np.zeros((len(y), n_classes), np.float32)
+    out[np.arange(len(y)), y] = 1
+    return out
 
 
 class Rule:
@@ -36,9 +52,20 @@ class Rule:
     def setup(self, net: Network, rng: np.random.Generator) -> None:
         """Create whatever fixed state the rule needs (feedback matrices) for `net`."""
 
-    def deltas(self, net: Network, caches: list[Cache], e: np.ndarray) -> list[np.ndarray]:
-        """dL/da for every layer, last one = e."""
+    def deltas(self, net: Network, caches: list[Cache], e: np.ndarray,
+               y: np.ndarray | None = None) -> list[np.ndarray | None]:
+        """What each layer learns from, in place of dL/da (None: the layer sits this step out).
+
+        e: dL/da of the output layer (batch, classes); y: the batch labels (batch,), for rules
+        whose signals use them (hsic, conditioned sg).
+        """
         raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before every epoch (1-based)."""
+
+    def step(self) -> None:
+        """Update the rule's own learnable state after the optimizer step (SG modules)."""
 
     def feedback(self) -> list[np.ndarray]:
         """Fixed feedback matrices (mutable, in place), for update schemes that quantize them."""
@@ -50,7 +77,7 @@ class BP(Rule):
 
     name = "bp"
 
-    def deltas(self, net, caches, e):
+    def deltas(self, net, caches, e, y=None):
         layers = net.layers
         out = [None] * len(layers)
         out[-1] = e
@@ -81,7 +108,7 @@ class FA(Rule):
             raise ShapeError(f"B[{i}]: expected shape {self.B[i].shape}, got {B.shape}")
         self.B[i][...] = B
 
-    def deltas(self, net, caches, e):
+    def deltas(self, net, caches, e, y=None):
         layers = net.layers
         out = [None] * len(layers)
         out[-1] = e
@@ -114,7 +141,7 @@ class DFA(Rule):
             raise ShapeError(f"B[{i}]: expected shape {self.B[i].shape}, got {B.shape}")
         self.B[i][...] = B
 
-    def deltas(self, net, caches, e):
+    def deltas(self, net, caches, e, y=None):
         layers = net.layers
         out = [layers[i].local_delta(e @ self.B[i], caches[i]) for i in range(len(layers) - 1)]
         out.append(e)
@@ -124,12 +151,17 @@ class DFA(Rule):
         return self.B
 
 
-_RULES = {"bp": BP, "fa": FA, "dfa": DFA}
+def _registry() -> dict[str, type[Rule]]:
+    # hsic and sg subclass Rule from this module, so they are imported on first use.
+    from .hsic import HSIC
+    from .sg import SG
+    return {"bp": BP, "fa": FA, "dfa": DFA, "hsic": HSIC, "sg": SG}
 
 
-def make_rule(name: str) -> Rule:
-    """A rule by name; unknown names list the valid ones."""
-    if name not in _RULES:
+def make_rule(name: str, **options) -> Rule:
+    """A rule by name, built with its options (e.g. hsic: sigma, beta, eps, hsic_epochs; sg:
+    conditioned, lr); unknown names list the valid ones."""
+    if name not in RULES:
         raise ConfigError(f"rule = {name!r}: expected one of {', '.join(map(repr, RULES))}"
                           + suggest(str(name), RULES))
-    return _RULES[name]()
+    return _registry()[name](**options)
