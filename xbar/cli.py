@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
     from .train.loop import FIELDS
     cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
-    result = train(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet))
+    result = train(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet), keep_trainer=bool(args.out))
     if args.out:
         from .checkpoint import save
         save(args.out, result.pop("_trainer", None), cfg, result)
@@ -205,7 +205,12 @@ def cmd_eval(args) -> int:
     from .checkpoint import load
     run = load(args.run)
     result = run.evaluate_dataset(at_seconds=args.at, compensate=args.compensate, data_dir=args.data_dir)
-    _print_result(result, args.json) if not args.json else print(json.dumps(result, default=_json_default))
+    if args.json:
+        print(json.dumps(result, default=_json_default))
+    else:
+        print(f"{args.run}: test accuracy {result['test_accuracy']:.2f}%"
+              + ("" if args.at is None else f" at {args.at:g} s after programming"
+                 + (" (drift compensated)" if args.compensate else "")))
     return 0
 
 
@@ -300,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xbar: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # e.g. `xbar ... --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

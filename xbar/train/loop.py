@@ -26,7 +26,7 @@ from ..errors import ConfigError, ShapeError
 from ..nn import Network, NetworkSpec, loss_and_error
 from .optim import DEFAULT_LR, OPTIMIZERS, StepLR, make_optimizer
 from .rules import RULES, make_rule
-from .updates import QUANTS, RANGES, UPDATES, DeviceSetup, make_update
+from .updates import QUANTS, RANGES, UPDATES, DeviceSetup, check_insitu, make_update
 
 RECIPES = ("seed",)
 GAINS = ("layer", "column")
@@ -111,6 +111,8 @@ UPDATE_DEFAULTS = {
     "nearest": {"quant": "asymm", "range": "global", "gain": "layer"},
     "stochastic": {"quant": "device", "range": "init", "gain": "layer"},
     "qat": {"quant": "device", "range": "local", "gain": "column"},
+    "mixed": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.8},
+    "pulse": {"quant": "device", "range": "init", "gain": "layer"},
 }
 
 
@@ -225,6 +227,8 @@ class TrainConfig:
         setup = out.device_setup()
         if out.update in ("nearest", "stochastic"):
             setup.steps()   # analog or non-uniform devices cannot be rounded onto
+        elif out.update in ("mixed", "pulse"):
+            check_insitu(out.update, setup)   # fixed range, pulse device / device step
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
         if out.rule == "hsic" and out.batch_size < 2:
@@ -380,11 +384,12 @@ def load_data(cfg: TrainConfig, data: tuple | None = None):
 
 
 def train(config: TrainConfig | dict, *, data: tuple | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[dict], None] | None = None, keep_trainer: bool = False) -> dict[str, Any]:
     """Train one network; returns a JSON-ready dict (see the docstring of xbar.train).
 
     data: optional (X_train, y_train, X_test, y_test) arrays instead of loading config.dataset.
     on_epoch: called with each history entry as soon as the epoch is evaluated (progress bars).
+    keep_trainer: also return the Trainer under "_trainer" (for xbar.checkpoint.save; not JSON).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg = cfg.resolve()
@@ -407,7 +412,7 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
         "config": cfg.as_dict(),
         "network": {"name": tr.spec.name, "widths": tr.spec.widths(Xtr.shape[1], net.layers[-1].n_out)},
         "hardware": _hardware(net),
-    }
+    } | ({"_trainer": tr} if keep_trainer else {})
 
 
 def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch):
