@@ -110,7 +110,7 @@ UPDATE_DEFAULTS = {
     "float": {"quant": None, "range": None, "gain": None},
     "nearest": {"quant": "asymm", "range": "global", "gain": "layer"},
     "stochastic": {"quant": "device", "range": "init", "gain": "layer"},
-    "qat": {"quant": "device", "range": "local", "gain": "column"},
+    "qat": {"quant": "device", "range": "local", "gain": "column", "lr_gamma": 0.9},
     "mixed": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.8},
     "pulse": {"quant": "device", "range": "init", "gain": "layer"},
 }
