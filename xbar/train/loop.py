@@ -109,7 +109,7 @@ BASE_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 1.0, "batch_size":
 UPDATE_DEFAULTS = {
     "float": {"quant": None, "range": None, "gain": None},
     "nearest": {"quant": "asymm", "range": "global", "gain": "layer"},
-    "stochastic": {"quant": "device", "range": "init", "gain": "layer"},
+    "stochastic": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.9},
     "qat": {"quant": "device", "range": "local", "gain": "column", "lr_gamma": 0.9},
     "mixed": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.8},
     "pulse": {"quant": "device", "range": "init", "gain": "layer"},
