@@ -391,7 +391,7 @@ def test_init_range_is_fixed_per_layer_from_the_initial_weights():
     from xbar.data import load
     X, y = load("digits", "train")
     cfg = TrainConfig(update="stochastic", bits=2).resolve()
-    assert (cfg.range, cfg.quant, cfg.optimizer, cfg.lr_gamma) == ("init", "device", "adam", 1.0)
+    assert (cfg.range, cfg.quant, cfg.optimizer, cfg.lr_gamma) == ("init", "device", "adam", 0.9)
     tr = Trainer(cfg, X.shape[1], 10)
     ms = [2.0 * float(np.abs(layer.W).max()) for layer in tr.net.layers]
     for s in range(0, 320, 64):
