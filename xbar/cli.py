@@ -192,11 +192,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    from .baseline import baseline
+    from .baseline import baseline, resolve
     from .train import TrainConfig
     from .train.loop import FIELDS
-    cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
-    result = baseline(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet))
+    # Unresolved: the baseline ignores device fields, so their checks must not run here.
+    cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line")
+    result = baseline(cfg, on_epoch=_Progress(resolve(cfg)[0].epochs, args.json or args.quiet))
     _print_result(result, args.json)
     return 0 if result["status"] == "ok" else 1
 
