@@ -30,6 +30,7 @@ from .device import pulse_curve_a as dev_pulse_a
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .kernels import rng as krng
 from .kernels.mvm import tile_periphery, tile_periphery_serial
+from .kernels.program import program_differential
 
 DAC_RANGES = ("dynamic",)
 ADC_RANGES = ("calibrated", "physical")
@@ -189,6 +190,10 @@ class Crossbar:
         self.bias = bias
         self.read_noise = bool(read_noise)
         self._analog_io = adc_bits is None and dac_bits is None
+        self._levels = device.levels()
+        # The common training case gets a fused programming kernel (same result, one pass).
+        self._fused_program = (quant is None and slices == 1 and mapping == "differential"
+                               and self._levels is not None and device.is_uniform)
 
         self._rng = np.random.default_rng(self.seed)
         self._stream = self.seed     # key of the read-noise stream (a drifted copy gets its own)
@@ -221,12 +226,15 @@ class Crossbar:
         self._n_in = n_in
         self._has_bias_row = b is not None and self.bias == "row"
         dev = self.device
-        levels = dev.levels()
-        codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
-                                    slices=self.slices, mapping=self.mapping, quant=self.quant,
-                                    quant_bits=self.quant_bits, rng=self.range, gain=self.gain,
-                                    w_range=self.w_range)
-        planes = mp.codes_to_planes(codes, dev, self.mapping, self.slices)
+        levels = self._levels
+        if self._fused_program:
+            planes = self._program_fused(W)
+        else:
+            codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
+                                        slices=self.slices, mapping=self.mapping, quant=self.quant,
+                                        quant_bits=self.quant_bits, rng=self.range, gain=self.gain,
+                                        w_range=self.w_range)
+            planes = mp.codes_to_planes(codes, dev, self.mapping, self.slices)
         self._stats["weights_clipped"] += planes.clipped
         gp, gn = self._physical(planes.gp), planes.gn
         if self.mapping == "differential":
@@ -238,6 +246,20 @@ class Crossbar:
         self.drift_compensation = 1.0
         self._set_state(gp, gn)
         return self
+
+    def _program_fused(self, W: np.ndarray) -> mp.Planes:
+        """The same planes as weights_to_codes + codes_to_planes, in one numba pass (see kernels)."""
+        d = self.device
+        lo, hi = mp._col_ranges(W, self.range, self.gain, self.w_range, True)
+        L = len(self._levels)
+        k_max = float(L - 1)
+        m = hi
+        step = np.where(m > 0, m, 1.0) / k_max
+        dstep = d.window_us / (L - 1)
+        gp = np.empty((1,) + W.shape)
+        gn = np.empty((1,) + W.shape)
+        clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, gp[0], gn[0])
+        return mp.Planes(gp, gn, np.ones(1), step / dstep, np.zeros_like(m), int(clipped))
 
     def _persistent(self, shape) -> dict[str, np.ndarray]:
         """Per-device properties drawn once per crossbar: window spread, faults, drift exponents."""

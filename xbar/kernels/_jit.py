@@ -17,3 +17,6 @@ njit_parallel = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=T
 
 # Small device functions called from hot loops: inlined at numba-IR level so LLVM sees one body.
 njit_inline = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always", error_model="numpy")
+
+# Kernels that must match a numpy reference bit for bit (no contraction, no reciprocal tricks).
+njit_exact = numba.njit(cache=True, nogil=True, error_model="numpy")
