@@ -33,3 +33,18 @@ def test_fused_path_only_where_it_applies():
     assert not Crossbar(dev, mapping="offset")._fused_program
     assert not Crossbar(dev, slices=2)._fused_program
     assert not Crossbar(Device.preset("ideal"))._fused_program
+
+
+def test_fused_adam_equals_numpy_adam():
+    from xbar.train.optim import Adam
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(40, 30)).astype(np.float32)
+    grads = [rng.normal(size=(40, 30)).astype(np.float32) for _ in range(5)]
+    fused, plain = p0.copy(), p0.copy()
+    a, b = Adam([fused], lr=1e-2), Adam([plain], lr=1e-2)
+    for g in grads:
+        big = np.zeros((40, 60), np.float32)
+        big[:, ::2] = g
+        a.step([g])
+        b.step([big[:, ::2]])              # a non-contiguous gradient takes the plain numpy path
+    assert np.array_equal(fused, plain)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels._jit import njit_exact
+
 from ..config import suggest
 from ..errors import ConfigError
 
@@ -87,6 +89,12 @@ class Adam(Optimizer):
         bc2_sqrt = _f32((1 - b2 ** t) ** 0.5)
         for p, g, m, v, tmp in zip(self.params, grads, self.m, self.v, self._tmp):
             g = self._decayed(g, p)
+            if p.dtype == np.float32 and g.dtype == np.float32 and p.flags.c_contiguous \
+                    and g.flags.c_contiguous and p.shape == g.shape:
+                # One fused pass, same float32 operations in the same order as below.
+                _adam_fused(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), _f32(1 - b1),
+                            _f32(b2), _f32(1 - b2), _f32(self.eps), bc2_sqrt, step_size)
+                continue
             np.subtract(g, m, out=tmp)
             tmp *= _f32(1 - b1)
             m += tmp                             # torch: exp_avg.lerp_(grad, 1 - beta1)
@@ -166,3 +174,14 @@ def make_optimizer(name: str, params: list[np.ndarray], lr: float | None = None,
     if name == "adam":
         return Adam(params, lr, weight_decay=weight_decay)
     return Adadelta(params, lr, weight_decay=weight_decay)
+
+
+@njit_exact
+def _adam_fused(p, g, m, v, one_m_b1, b2, one_m_b2, eps, bc2_sqrt, step_size):
+    """Adam's update of one flat float32 parameter array (see Adam.step for the math)."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        m[i] += (gi - m[i]) * one_m_b1
+        v[i] = v[i] * b2 + (gi * gi) * one_m_b2
+        denom = np.sqrt(v[i]) / bc2_sqrt + eps
+        p[i] -= (m[i] / denom) * step_size
