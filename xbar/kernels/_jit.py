@@ -20,3 +20,18 @@ njit_inline = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, inline="alwa
 
 # Kernels that must match a numpy reference bit for bit (no contraction, no reciprocal tricks).
 njit_exact = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+def serial_twin(py_func, suffix: str = "_serial"):
+    """A copy of `py_func` under another qualified name, for a second (serial) compilation.
+
+    numba's on-disk cache is keyed by the function's qualified name and line: two dispatchers
+    built from one function object (one parallel, one serial) would share one cache entry and
+    could load each other's machine code.
+    """
+    import types
+    twin = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + suffix,
+                              py_func.__defaults__, py_func.__closure__)
+    twin.__qualname__ = py_func.__qualname__ + suffix
+    twin.__module__ = py_func.__module__
+    return twin

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import njit, njit_parallel
+from ._jit import njit, njit_parallel, serial_twin
 from .rng import _GOLDEN, _MASK7, _S32, _normal_slow, mix64, stream_key
 
 
@@ -85,7 +85,7 @@ def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn
 
 tile_periphery = njit_parallel(_tile_periphery)
 # The same body compiled without threads: small reads cost less than a parallel launch.
-tile_periphery_serial = njit(_tile_periphery)
+tile_periphery_serial = njit(serial_twin(_tile_periphery))
 
 
 def tile_periphery_reference(M, V, step, qlo, qhi, post, z):

@@ -15,7 +15,7 @@ import numpy as np
 
 from numba import prange
 
-from ._jit import njit, njit_inline, njit_parallel
+from ._jit import njit, njit_inline, njit_parallel, serial_twin
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -151,4 +151,4 @@ def _add_scaled_normals(y, sd, seed, counter, kn, wn, fn):
 
 
 add_scaled_normals = njit_parallel(_add_scaled_normals)
-add_scaled_normals_serial = njit(_add_scaled_normals)
+add_scaled_normals_serial = njit(serial_twin(_add_scaled_normals))
