@@ -8,7 +8,15 @@ used: a diverging training run must show up as NaN, not as garbage).
 
 from __future__ import annotations
 
+import os
+
 import numba
+
+# The 'workqueue' layer's workers sleep instead of spinning between parallel regions, so they do
+# not fight OpenBLAS's threads on small machines (measured 1.3-2x faster noisy reads on 2 cores
+# than the default 'omp' layer). A user's NUMBA_THREADING_LAYER always wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
