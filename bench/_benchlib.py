@@ -20,7 +20,8 @@ SHAPES = [(64, 784, 100), (1000, 784, 100), (256, 1024, 1024)]
 
 # Environment variables that change how the libraries thread; recorded so a result can be rerun.
 THREAD_ENV = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-              "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND")
+              "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND",
+              "OPENBLAS_THREAD_TIMEOUT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def shape_id(shape) -> str:
@@ -35,10 +36,10 @@ def crossbar_configs():
     noisy = ideal.with_(bits=3, read_noise_rel=0.02, read_noise_kind="multiplicative")
     return {
         # Analog device, analog inputs, no ADC: the fast path is one BLAS product.
-        "xbar-ideal": (ideal, dict(adc_bits=None, dac_bits=None)),
+        "xbar-ideal": (ideal, {"adc_bits": None, "dac_bits": None}),
         # 3-bit devices with 2 % multiplicative read noise, 8-bit ADC per tile output.
-        "xbar-3bit-adc8-t64": (noisy, dict(mapping="differential", adc_bits=8, tile=(64, 64))),
-        "xbar-3bit-adc8-t256": (noisy, dict(mapping="differential", adc_bits=8, tile=(256, 256))),
+        "xbar-3bit-adc8-t64": (noisy, {"mapping": "differential", "adc_bits": 8, "tile": (64, 64)}),
+        "xbar-3bit-adc8-t256": (noisy, {"mapping": "differential", "adc_bits": 8, "tile": (256, 256)}),
     }
 
 
@@ -56,6 +57,22 @@ def blas_info() -> list[dict] | dict:
     return [{k: d.get(k) for k in keep} for d in threadpoolctl.threadpool_info()]
 
 
+def _periphery_cache_shared() -> bool | None:
+    """True when the parallel and serial periphery kernels share one numba cache index.
+
+    numba keys its on-disk cache by the Python function (qualname + line), not by the jit
+    options, so `njit(f)` and `njit(parallel=True)(f)` of the same `f` load each other's machine
+    code: whichever compiled first wins, and the "parallel" kernel can silently run serially.
+    """
+    try:
+        from xbar.kernels import mvm
+
+        par, ser = mvm.tile_periphery, mvm.tile_periphery_serial
+        return par._cache._cache_file._index_path == ser._cache._cache_file._index_path
+    except Exception:   # noqa: BLE001 - private numba API, or no serial variant: unknown
+        return None
+
+
 def thread_info() -> dict:
     """The thread settings in force now (call after a numba parallel kernel has run)."""
     import numba
@@ -71,6 +88,7 @@ def thread_info() -> dict:
     except ValueError:       # no parallel region has run yet
         info["numba_threading_layer"] = None
     info["numba_num_threads"] = numba.get_num_threads()
+    info["periphery_cache_shared"] = _periphery_cache_shared()
     info["numba_max_threads"] = numba.config.NUMBA_NUM_THREADS
     try:
         import torch

@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m pytest bench/ --benchmark-only --benchmark-json=/tmp/bench.json -q
+    python -m pytest bench/test_mvm.py --benchmark-only --benchmark-json=/tmp/bench.json -q
     python bench/summarize.py /tmp/bench.json
 
 Each shape is one benchmark group ("mvm BxINxOUT"), so the table pytest-benchmark prints is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _benchlib import SHAPES, crossbar_configs, shape_id
 
 CONFIGS = crossbar_configs()
