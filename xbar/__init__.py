@@ -11,10 +11,10 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, DataError, NonFiniteError, ShapeError, XbarError
 from .device import Device
+from .errors import ConfigError, DataError, NonFiniteError, ShapeError, XbarError
 
-__all__ = ["Device", "Crossbar", "XbarError", "ConfigError", "ShapeError", "NonFiniteError", "DataError", "__version__"]
+__all__ = ["ConfigError", "Crossbar", "DataError", "Device", "NonFiniteError", "ShapeError", "XbarError", "__version__"]
 
 
 def __getattr__(name):

@@ -103,7 +103,7 @@ def cmd_data(args) -> int:
     else:
         X, y = data.load(args.name, args.split, args.data_dir)
         print(json.dumps({"dataset": args.name, "split": args.split, "shape": list(X.shape),
-                          "classes": int(len(np.unique(y))), "min": float(X.min()), "max": float(X.max())}))
+                          "classes": len(np.unique(y)), "min": float(X.min()), "max": float(X.max())}))
     return 0
 
 

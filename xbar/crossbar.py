@@ -207,7 +207,7 @@ class Crossbar:
         self.drift_compensation = 1.0
 
     # ---- programming ----------------------------------------------------------------------------
-    def program(self, W, b=None) -> "Crossbar":
+    def program(self, W, b=None) -> Crossbar:
         """Write weights W (in, out) and optional bias b (out,) onto the devices."""
         W = as_matrix("W", W)
         n_in, n_out = W.shape
@@ -547,7 +547,7 @@ class Crossbar:
         fs = np.percentile(a, self.adc_percentile, axis=2) if self.adc_percentile < 100 else a.max(axis=2)
         return np.where(fs > 0, fs, physical)
 
-    def calibrate(self, X, E=None) -> "Crossbar":
+    def calibrate(self, X, E=None) -> Crossbar:
         """Set the ADC full scale per tile from a calibration batch X (and E for mvm_t).
 
         Uses the noise-free currents and `adc_percentile`. Without a call, the first batch read
@@ -573,7 +573,7 @@ class Crossbar:
         return self
 
     # ---- in-situ updates ----------------------------------------------------------------------------
-    def pulse(self, n_pos, n_neg=None) -> "Crossbar":
+    def pulse(self, n_pos, n_neg=None) -> Crossbar:
         """Apply signed pulse counts to the devices in place (in-situ update, NeuroSim model).
 
         n_pos, n_neg: (in, out) integer arrays of pulses for G+ and G- (G- only for differential);
@@ -652,7 +652,7 @@ class Crossbar:
         self._check_programmed()
         return self._gp.copy(), self._gn.copy()
 
-    def at(self, seconds: float, compensate: bool = False) -> "Crossbar":
+    def at(self, seconds: float, compensate: bool = False) -> Crossbar:
         """A copy read `seconds` after programming: G(t) = G(t0) (t/t0)^-nu per device.
 
         compensate: global drift compensation, one digital factor that restores the summed

@@ -88,7 +88,7 @@ class Device:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, file: str | None = None) -> "Device":
+    def from_dict(cls, data: dict[str, Any], *, file: str | None = None) -> Device:
         """Validate a plain dict (e.g. a parsed TOML table); errors name `file` and the field."""
         values = validate_fields(FIELDS, data, file=file)
         dev = cls(**values, file=file)
@@ -96,14 +96,14 @@ class Device:
         return dev
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "Device":
+    def from_toml(cls, path: str | Path) -> Device:
         """Load a device from a TOML file (top-level keys are the fields of :data:`FIELDS`)."""
         data = load_toml(path)
         data.setdefault("name", Path(path).stem)
         return cls.from_dict(data, file=str(path))
 
     @classmethod
-    def preset(cls, name: str) -> "Device":
+    def preset(cls, name: str) -> Device:
         """A shipped or user preset by name (see `xbar devices`), or a path to a TOML file."""
         return cls.from_toml(find_preset("devices", name))
 
@@ -112,7 +112,7 @@ class Device:
         """Names of all presets on the search path."""
         return preset_names("devices")
 
-    def with_(self, **changes: Any) -> "Device":
+    def with_(self, **changes: Any) -> Device:
         """A copy with some fields changed, validated like a TOML file.
 
         Setting `bits` clears a measured `levels_us` table and vice versa, so that

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from numba import prange
 
 from ._jit import njit, njit_inline, njit_parallel, serial_twin

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels._jit import njit_exact
-
 from ..config import suggest
 from ..errors import ConfigError
+from ..kernels._jit import njit_exact
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
 # torch.optim's default learning rates (SGD has none in torch; 0.01 is the common choice).
