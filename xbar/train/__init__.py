@@ -11,9 +11,12 @@ test_accuracy, train_accuracy, loss (train loss measured after the epoch), test_
 (mean loss over the epoch's steps), seconds (that epoch's training time, evaluation excluded),
 lr), seconds (whole run), train_seconds, config (resolved, JSON-ready), network, hardware.
 
-How to add a rule: subclass rules.Rule, return one delta per layer from ``deltas`` using only
-``layer.backward_input`` / ``layer.local_delta`` (and your own fixed matrices, exposed through
-``feedback()`` if an update scheme should round them), then register it in rules._RULES.
+How to add a rule: subclass rules.Rule and return one delta per layer from
+``deltas(net, caches, e, y=None)`` using only ``layer.backward_input`` / ``layer.local_delta``
+(and your own fixed matrices, exposed through ``feedback()`` if an update scheme should round
+them); None for a layer means it sits the step out. Optional hooks: ``start_epoch(epoch)`` and
+``step()`` (train the rule's own state, e.g. synthetic-gradient modules). Add the name to
+rules.RULES and the class to rules._registry().
 How to add an update scheme: subclass updates.Update (``attach`` places weights on crossbars,
 ``after_step`` runs after every optimizer step), register it in updates._UPDATES, and give it
 defaults in loop.UPDATE_DEFAULTS.
