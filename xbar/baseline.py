@@ -32,7 +32,7 @@ import numpy as np
 from . import data as xdata
 from .errors import ConfigError
 from .nn import NetworkSpec
-from .train.loop import TrainConfig, load_data
+from .train.loop import TrainConfig, load_data, record_epoch
 
 INITS = ("torch", "xbar")
 TORCH_PIN = "torch==2.13.0"
@@ -235,18 +235,9 @@ def _epochs(torch, cfg, model, opt, sched, shuffle, tensors, on_epoch):
         if status != "ok":
             break
         sched.step()
-        test_loss, test_acc = evaluate(model, Xte, yte)
-        entry = {"epoch": epoch, "test_accuracy": test_acc, "train_accuracy": None, "loss": None,
-                 "test_loss": test_loss, "step_loss": step_loss / max(steps, 1), "seconds": seconds,
-                 "lr": opt.param_groups[0]["lr"]}
-        if cfg.eval_train:
-            entry["loss"], entry["train_accuracy"] = evaluate(model, Xtr, ytr)
-        else:
-            entry["loss"] = entry["step_loss"]
-        history.append(entry)
-        if on_epoch is not None:
-            on_epoch(entry)
-        if not (math.isfinite(test_loss) and math.isfinite(entry["loss"])):
-            status, message = "diverged", f"evaluation loss became NaN or inf after epoch {epoch}"
+        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(model, X, y),
+                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, opt.param_groups[0]["lr"])
+        if message:
+            status = "diverged"
             break
     return history, status, message, train_seconds

@@ -442,22 +442,36 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch):
         if status != "ok":
             break
         tr.sched.step()
-        test_loss, test_acc = evaluate(net, Xte, yte)
-        entry = {"epoch": epoch, "test_accuracy": test_acc, "train_accuracy": None, "loss": None,
-                 "test_loss": test_loss, "step_loss": step_loss / max(steps, 1), "seconds": seconds,
-                 "lr": tr.opt.lr}
-        if cfg.eval_train:
-            entry["loss"], entry["train_accuracy"] = evaluate(net, Xtr, ytr)
-        else:
-            entry["loss"] = entry["step_loss"]
-        history.append(entry)
-        if on_epoch is not None:
-            on_epoch(entry)
-        if not (math.isfinite(test_loss) and math.isfinite(entry["loss"])):
-            status, message = "diverged", f"evaluation loss became NaN or inf after epoch {epoch}"
+        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(net, X, y),
+                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, tr.opt.lr)
+        if message:
+            status = "diverged"
             break
 
     return history, status, message, train_seconds
+
+
+def record_epoch(history: list, on_epoch, cfg, epoch: int, score, data, step_loss: float, steps: int,
+                 seconds: float, lr: float) -> str:
+    """Evaluate after an epoch, append its history entry and report it (shared with the baseline).
+
+    score(X, y) -> (loss, accuracy %); data = (X_train, y_train, X_test, y_test).
+    Returns a divergence message, or "" when the evaluated losses are finite.
+    """
+    Xtr, ytr, Xte, yte = data
+    test_loss, test_acc = score(Xte, yte)
+    entry = {"epoch": epoch, "test_accuracy": test_acc, "train_accuracy": None, "loss": None,
+             "test_loss": test_loss, "step_loss": step_loss / max(steps, 1), "seconds": seconds, "lr": lr}
+    if cfg.eval_train:
+        entry["loss"], entry["train_accuracy"] = score(Xtr, ytr)
+    else:
+        entry["loss"] = entry["step_loss"]
+    history.append(entry)
+    if on_epoch is not None:
+        on_epoch(entry)
+    if not (math.isfinite(test_loss) and math.isfinite(entry["loss"])):
+        return f"evaluation loss became NaN or inf after epoch {epoch}"
+    return ""
 
 
 def _hardware(net: Network) -> list[dict[str, Any]]:

@@ -71,6 +71,16 @@ class Rule:
         """Fixed feedback matrices (mutable, in place), for update schemes that quantize them."""
         return []
 
+    def set_feedback(self, i: int, B) -> None:
+        """Replace feedback matrix i in place (tests set FA's B = W, DFA's B = W_{i+1}ᵀ)."""
+        current = self.feedback()
+        if not 0 <= i < len(current):
+            raise ShapeError(f"B[{i}]: rule {self.name!r} has {len(current)} feedback matrices")
+        B = np.asarray(B, dtype=np.float32)
+        if B.shape != current[i].shape:
+            raise ShapeError(f"B[{i}]: expected shape {current[i].shape}, got {B.shape}")
+        current[i][...] = B
+
 
 class BP(Rule):
     """Backpropagation: the error goes back through Wᵀ of the layer above, on its devices."""
@@ -101,13 +111,6 @@ class FA(Rule):
             bound = 1.0 / math.sqrt(layer.n_in)
             self.B.append(rng.uniform(-bound, bound, (layer.n_in, layer.n_out)).astype(np.float32))
 
-    def set_feedback(self, i: int, B) -> None:
-        """Replace the feedback matrix used in place of layers[i + 1].W (tests set B = W)."""
-        B = np.asarray(B, dtype=np.float32)
-        if B.shape != self.B[i].shape:
-            raise ShapeError(f"B[{i}]: expected shape {self.B[i].shape}, got {B.shape}")
-        self.B[i][...] = B
-
     def deltas(self, net, caches, e, y=None):
         layers = net.layers
         out = [None] * len(layers)
@@ -133,13 +136,6 @@ class DFA(Rule):
         bound = 1.0 / math.sqrt(n_classes)
         self.B = [rng.uniform(-bound, bound, (n_classes, layer.n_out)).astype(np.float32)
                   for layer in net.layers[:-1]]
-
-    def set_feedback(self, i: int, B) -> None:
-        """Replace the projection of e onto hidden layer i (tests set B = W_{i+1}ᵀ)."""
-        B = np.asarray(B, dtype=np.float32)
-        if B.shape != self.B[i].shape:
-            raise ShapeError(f"B[{i}]: expected shape {self.B[i].shape}, got {B.shape}")
-        self.B[i][...] = B
 
     def deltas(self, net, caches, e, y=None):
         layers = net.layers
