@@ -311,6 +311,7 @@ class Trainer:
         self.sched = StepLR(self.opt, cfg.lr_step, cfg.lr_gamma)
         self.shuffle = _stream(cfg.seed, 2)
         self._active = tuple(range(len(self.net.layers)))   # layers the optimizer covers
+        self._post_update = [layer for layer in self.net.layers if hasattr(layer, "post_update")]
 
     def start_epoch(self, epoch: int) -> None:
         """Tell the rule a new epoch (1-based) begins."""
@@ -348,6 +349,8 @@ class Trainer:
                 self._cover(active)
             grads = [g for i in active for g in net.layers[i].grads(deltas[i], caches[i])]
             self.opt.step(grads)
+            for layer in self._post_update:
+                layer.post_update()   # layer-owned constraints (e.g. latent weights clipped to [-1, 1])
             self.rule.step()
             self.update.after_step(net, self.feedback)
         except ShapeError as exc:
