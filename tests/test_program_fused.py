@@ -29,7 +29,7 @@ def test_fused_program_equals_numpy_path(rng, gain, bits, shape):
 
 def test_fused_path_only_where_it_applies():
     dev = Device(name="u", bits=3)
-    assert not Crossbar(dev, quant="asymm")._fused_program
+    assert Crossbar(dev, quant="asymm")._fused_program
     assert not Crossbar(dev, mapping="offset")._fused_program
     assert not Crossbar(dev, slices=2)._fused_program
     assert not Crossbar(Device.preset("ideal"))._fused_program
@@ -48,3 +48,68 @@ def test_fused_adam_equals_numpy_adam():
         a.step([g])
         b.step([big[:, ::2]])              # a non-contiguous gradient takes the plain numpy path
     assert np.array_equal(fused, plain)
+
+
+@pytest.mark.parametrize("quant", ["asymm", "symm"])
+@pytest.mark.parametrize("dev_bits", [None, 8])
+@pytest.mark.parametrize("rng,gain", [("global", "layer"), ("local", "layer"), ("local", "column")])
+@pytest.mark.parametrize("bits", [2, 3, 7])
+def test_fused_quant_program_equals_numpy_path(quant, dev_bits, rng, gain, bits):
+    """The seed quantizers' fused path (analog and uniform devices) equals the numpy mapping."""
+    W = np.random.default_rng(bits).normal(0, 0.6, (70, 33)).astype(np.float32)
+    W[:, 5] = 0.25                                # a degenerate column under a local column range
+    W[3, 7] = 0.5 * (W[:, 7].min() + W[:, 7].max())   # a tie candidate
+    dev = Device(name="u", g_min_us=0.5, g_max_us=10.0, bits=dev_bits)
+    xb = Crossbar(dev, quant=quant, quant_bits=bits, range=rng, gain=gain, w_range=(-0.9, 0.8), seed=0)
+    assert xb._fused_program
+    xb.program(W)
+    codes = mp.weights_to_codes(W, levels_per_plane=None if dev_bits is None else 2 ** dev_bits, slices=1,
+                                mapping="differential", quant=quant, quant_bits=bits, rng=rng, gain=gain,
+                                w_range=(-0.9, 0.8))
+    ref = mp.codes_to_planes(codes, dev, "differential", 1)
+    gp, gn = xb.conductances()
+    assert np.array_equal(gp, ref.gp) and np.array_equal(gn, ref.gn)
+    assert np.array_equal(xb._alpha, ref.alpha) and np.array_equal(xb._beta, ref.beta)
+    assert xb.stats()["weights_clipped"] == ref.clipped
+
+
+def test_fused_quant_refuses_too_few_levels():
+    with pytest.raises(Exception, match="holds at most 3"):
+        Crossbar(Device(name="u", bits=2), quant="asymm", quant_bits=3).program(np.zeros((2, 2), np.float32))
+
+
+def test_fused_adadelta_equals_numpy_adadelta():
+    from xbar.train.optim import Adadelta
+    rng = np.random.default_rng(1)
+    p0 = rng.normal(size=(40, 30)).astype(np.float32)
+    for lr in (1.0, 0.7):
+        fused, plain = p0.copy(), p0.copy()
+        a, b = Adadelta([fused], lr=lr), Adadelta([plain], lr=lr)
+        for _ in range(5):
+            g = rng.normal(size=(40, 30)).astype(np.float32)
+            big = np.zeros((40, 60), np.float32)
+            big[:, ::2] = g
+            a.step([g])
+            b.step([big[:, ::2]])              # a non-contiguous gradient takes the plain numpy path
+        assert np.array_equal(fused, plain)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("kind", ["asymm", "symm"])
+def test_quantizer_kernels_equal_numpy_formulas(monkeypatch, dtype, bits, kind):
+    """The one-pass seed quantizers equal the numpy formulas bit for bit, ties and clipping included."""
+    if kind == "symm" and bits == 1:
+        return
+    rng = np.random.default_rng(bits)
+    x = rng.normal(0, 0.7, 5000).astype(dtype)
+    n = 2 ** bits - 1 if kind == "asymm" else 2 ** (bits - 1) - 1
+    x[:200] = (np.arange(200) % (2 * n + 1) - n) / (2 * n) * 2 if n else 0.5   # exact half-steps: ties
+    lo, hi = (-0.8, 1.1) if kind == "asymm" else (-1.1, 1.1)
+    for rng_kind in ("global", "local"):
+        fast = mp.quantize(x, bits, kind, rng_kind, (lo, hi))
+        monkeypatch.setattr(mp, "FAST_MIN", None)
+        ref = mp.quantize(x, bits, kind, rng_kind, (lo, hi))
+        monkeypatch.setattr(mp, "FAST_MIN", 64)
+        assert fast.dtype == ref.dtype == dtype
+        assert np.array_equal(fast, ref)

@@ -30,7 +30,7 @@ from .device import pulse_curve_a as dev_pulse_a
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .kernels import rng as krng
 from .kernels.mvm import tile_periphery, tile_periphery_serial
-from .kernels.program import program_differential
+from .kernels.program import program_differential, program_quant_differential
 
 DAC_RANGES = ("dynamic",)
 ADC_RANGES = ("calibrated", "physical")
@@ -192,9 +192,15 @@ class Crossbar:
         self._analog_io = adc_bits is None and dac_bits is None
         self._levels = device.levels()
         # The common training case gets a fused programming kernel (same result, one pass).
-        self._fused_program = (quant is None and slices == 1 and mapping == "differential"
-                               and self._levels is not None and device.is_uniform)
+        self._fused_program = (slices == 1 and mapping == "differential" and (
+            (quant is None and self._levels is not None and device.is_uniform)
+            or (quant is not None and (self._levels is None or device.is_uniform))))
 
+        self._quant_consts = None      # fused quantizer constants under a fixed (global) range
+        self._fresh: dict[str, np.ndarray] | None = None
+        # A write that lands exactly on its targets (no spread, write noise or faults).
+        self._exact_write = not (device.g_d2d_rel or device.program_noise_rel or device.stuck_on_rate
+                                 or device.stuck_off_rate)
         self._rng = np.random.default_rng(self.seed)
         self._stream = self.seed     # key of the read-noise stream (a drifted copy gets its own)
         self._reads = 0               # counter of the read-noise stream
@@ -245,11 +251,17 @@ class Crossbar:
         self.t_s = None
         self.drift_compensation = 1.0
         self._set_state(gp, gn)
+        if self._fresh is not None:
+            if self._exact_write:
+                self._cache.update(self._fresh)   # the kernel already built the read matrices
+            self._fresh = None
         return self
 
     def _program_fused(self, W: np.ndarray) -> mp.Planes:
         """The same planes as weights_to_codes + codes_to_planes, in one numba pass (see kernels)."""
         d = self.device
+        if self.quant is not None:
+            return self._program_fused_quant(W)
         lo, hi = mp._col_ranges(W, self.range, self.gain, self.w_range, True)
         L = len(self._levels)
         k_max = float(L - 1)
@@ -260,6 +272,44 @@ class Crossbar:
         gn = np.empty((1,) + W.shape)
         clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, gp[0], gn[0])
         return mp.Planes(gp, gn, np.ones(1), step / dstep, np.zeros_like(m), int(clipped))
+
+    def _program_fused_quant(self, W: np.ndarray) -> mp.Planes:
+        """The seed quantizers on a differential pair (analog or uniform device), in one pass."""
+        d = self.device
+        c = self._quant_consts
+        if c is None:
+            n, symm = self.quant_bits, self.quant == "symm"
+            lo, hi = mp._col_ranges(W, self.range, self.gain, self.w_range, symm)
+            span = hi - lo
+            nq = float(2 ** (n - 1) - 1) if symm else float(2 ** n - 1)
+            levels = self._levels
+            if levels is None:
+                dstep, lvl, top = d.window_us / nq, 1.0, 0.0
+            else:
+                L = len(levels)
+                if L - 1 < nq:
+                    raise ConfigError(f"the quantizer needs codes up to {int(nq)} but the device "
+                                      f"({d.summary()}, 1 slice(s)) holds at most {L - 1}: lower the "
+                                      "quantizer bits, raise the device bits or add slices")
+                lvl, top = d.window_us / (L - 1), float(L - 1)
+                dstep = max(1, (L - 1) // int(nq)) * lvl
+            step, beta = (hi / nq, np.zeros_like(hi)) if symm else (span / nq / 2, (lo + hi) / 2)
+            degenerate = span == 0
+            if np.any(degenerate):
+                step = np.where(degenerate, 1.0, step)
+                beta = np.where(degenerate, lo, beta)
+            c = (lo, hi, nq, symm, dstep, lvl, top, levels is not None, step / dstep, beta)
+            if self.range == "global":
+                self._quant_consts = c     # a fixed range: the same constants every program
+        lo, hi, nq, symm, dstep, lvl, top, snap, alpha, beta = c
+        gp = np.empty((1,) + W.shape)
+        gn = np.empty((1,) + W.shape)
+        g32 = np.empty(W.shape, np.float32)
+        w32 = np.empty(W.shape, np.float32)
+        clipped = program_quant_differential(W, lo, hi, nq, symm, dstep, d.g_min_us, lvl, top, snap, alpha,
+                                             gp[0], gn[0], g32, w32)
+        self._fresh = {"g32": g32, "w_fwd32": w32}
+        return mp.Planes(gp, gn, np.ones(1), alpha, beta, int(clipped))
 
     def _persistent(self, shape) -> dict[str, np.ndarray]:
         """Per-device properties drawn once per crossbar: window spread, faults, drift exponents."""
@@ -352,6 +402,10 @@ class Crossbar:
     @property
     def _w_bwd32(self) -> np.ndarray:
         return self._cached("w_bwd32", lambda: np.ascontiguousarray(self._gsum().T, dtype=np.float32))
+
+    @property
+    def _g32(self) -> np.ndarray:
+        return self._cached("g32", lambda: np.ascontiguousarray(self._gsum(), dtype=np.float32))
 
     @property
     def _v_fwd32(self) -> np.ndarray:
@@ -451,7 +505,7 @@ class Crossbar:
         """The analog read plus periphery, on inputs already through the DAC (before gains undo)."""
         if self.adc_bits is None:
             # No ADC: tiles do not change the math, so one BLAS product (and one for the variance).
-            g = self._w_fwd32 if way == "fwd" else self._w_bwd32
+            g = self._w_fwd32 if way == "fwd" else self._g32.T   # BLAS reads the transpose in place
             y = xs @ g
             if self._var is not None:
                 v = self._v_fwd32 if way == "fwd" else self._v_bwd32

@@ -43,3 +43,49 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, gp, gn):
                 gp[i, j] = g_min
                 gn[i, j] = g
     return clipped
+
+
+@njit_exact
+def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, g32, w32):
+    """The seed quantizers (asymm / symm) on a differential pair, one slice, in one pass.
+
+    Computes what `weights_to_codes(quant=...)` + `codes_to_planes` compute, in the same order of
+    float64 operations: clip to the column range, q = round(...), code k (asymm: 2q - nq), target
+    g_min + |k| dstep, snapped to the device's uniform levels when `snap` (spacing lvl, top index
+    `top`), split over G+/G- by the sign of k. Degenerate columns (hi == lo) get k = 0.
+    Returns the number of clipped weights.
+    """
+    rows, out = W.shape
+    clipped = 0
+    for i in range(rows):
+        for j in range(out):
+            w = np.float64(W[i, j])
+            if w < lo[j]:
+                w = lo[j]
+                clipped += 1
+            elif w > hi[j]:
+                w = hi[j]
+                clipped += 1
+            span = hi[j] - lo[j]
+            if span == 0.0:
+                k = 0.0
+            elif symm:
+                m = hi[j] if hi[j] > 0 else 1.0
+                k = np.round(w * nq / m)
+            else:
+                k = 2.0 * np.round((w - lo[j]) * nq / span) - nq
+            g = g_min + abs(k) * dstep
+            if snap:
+                idx = np.round((g - g_min) / lvl)
+                idx = min(max(idx, 0.0), top)
+                g = g_min + idx * lvl
+            if k >= 0:
+                gp[i, j] = g
+                gn[i, j] = g_min
+            else:
+                gp[i, j] = g_min
+                gn[i, j] = g
+            gd = gp[i, j] - gn[i, j]
+            g32[i, j] = np.float32(gd)
+            w32[i, j] = np.float32(gd * alpha[j])
+    return clipped

@@ -37,6 +37,8 @@ FIELDS: tuple[Field, ...] = (
     Field("dataset", "str", "digits", "Dataset.", choices=xdata.DATASETS),
     Field("data_dir", "str", None, "Folder searched first for dataset files.", optional=True),
     Field("device", "str", "ideal", "Device preset (devices/*.toml) or a path to one."),
+    Field("device_set", "str", None, "Device field overrides 'field=value,...' (e.g. "
+          "'read_noise_rel=0.02,stuck_off_rate=0.01'); see `xbar devices show`.", optional=True),
     Field("bits", "int", None, "Override the device's levels with 2**bits uniform levels.", lo=1, hi=8,
           optional=True),
     Field("update", "str", "float", "How a step reaches the devices.", choices=UPDATES),
@@ -116,6 +118,21 @@ UPDATE_DEFAULTS = {
 }
 
 
+def parse_device_set(text: str) -> dict[str, Any]:
+    """'read_noise_rel=0.02,stuck_off_rate=0.01' -> {field: value}; values are parsed as TOML."""
+    import tomllib
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"device_set = {text!r}: expected 'field=value,...', got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()   # a bare word, e.g. read_noise_kind=additive
+    return out
+
+
 def parse_tile(text: str) -> tuple[int, int]:
     """'64x64' -> (64, 64); errors say what to write."""
     try:
@@ -140,6 +157,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     device: str = "ideal"
+    device_set: str | None = None
     bits: int | None = None
     update: str = "float"
     rule: str = "bp"
@@ -247,6 +265,8 @@ class TrainConfig:
 
     def device_obj(self) -> Device:
         dev = Device.preset(self.device)
+        if self.device_set:
+            dev = dev.with_(**parse_device_set(self.device_set))
         return dev.with_(bits=self.bits) if self.bits is not None else dev
 
     def device_setup(self) -> DeviceSetup | None:
@@ -387,12 +407,15 @@ def load_data(cfg: TrainConfig, data: tuple | None = None):
 
 
 def train(config: TrainConfig | dict, *, data: tuple | None = None,
-          on_epoch: Callable[[dict], None] | None = None, keep_trainer: bool = False) -> dict[str, Any]:
+          on_epoch: Callable[[dict], None] | None = None, keep_trainer: bool = False,
+          probe: Callable[[Network], dict] | None = None) -> dict[str, Any]:
     """Train one network; returns a JSON-ready dict (see the docstring of xbar.train).
 
     data: optional (X_train, y_train, X_test, y_test) arrays instead of loading config.dataset.
     on_epoch: called with each history entry as soon as the epoch is evaluated (progress bars).
     keep_trainer: also return the Trainer under "_trainer" (for xbar.checkpoint.save; not JSON).
+    probe: called with the network after every epoch; the dict it returns joins that epoch's
+        history entry (sweeps record per-layer weight and conductance ranges this way).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg = cfg.resolve()
@@ -403,7 +426,7 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
 
     # A diverging run overflows on purpose; it is detected and reported, not warned about.
     with np.errstate(over="ignore", invalid="ignore"):
-        history, status, message, train_seconds = _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch)
+        history, status, message, train_seconds = _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe)
     return {
         "status": status,
         "message": message,
@@ -418,7 +441,7 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
     } | ({"_trainer": tr} if keep_trainer else {})
 
 
-def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch):
+def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
     """The epoch loop: returns (history, status, message, training seconds)."""
     net = tr.net
     history: list[dict[str, Any]] = []
@@ -447,6 +470,8 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch):
         tr.sched.step()
         message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(net, X, y),
                                (Xtr, ytr, Xte, yte), step_loss, steps, seconds, tr.opt.lr)
+        if probe is not None:
+            history[-1].update(probe(net))
         if message:
             status = "diverged"
             break

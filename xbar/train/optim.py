@@ -125,6 +125,11 @@ class Adadelta(Optimizer):
         rho, one_rho, eps, lr = _f32(self.rho), _f32(1 - self.rho), _f32(self.eps), _f32(self.lr)
         for p, g, s, a, (t, d) in zip(self.params, grads, self.sq, self.acc, self._tmp):
             g = self._decayed(g, p)
+            if g.dtype == np.float32 and g.flags.c_contiguous and p.shape == g.shape:
+                # One fused pass, same float32 operations in the same order as below.
+                _adadelta_fused(p.reshape(-1), g.reshape(-1), s.reshape(-1), a.reshape(-1), rho, one_rho,
+                                eps, lr)
+                continue
             np.multiply(g, g, out=t)
             t *= one_rho
             s *= rho
@@ -184,3 +189,17 @@ def _adam_fused(p, g, m, v, one_m_b1, b2, one_m_b2, eps, bc2_sqrt, step_size):
         v[i] = v[i] * b2 + (gi * gi) * one_m_b2
         denom = np.sqrt(v[i]) / bc2_sqrt + eps
         p[i] -= (m[i] / denom) * step_size
+
+
+@njit_exact
+def _adadelta_fused(p, g, s, a, rho, one_rho, eps, lr):
+    """Adadelta's update of one flat float32 parameter array (see Adadelta.step for the math)."""
+    scale = lr != 1
+    for i in range(p.shape[0]):
+        gi = g[i]
+        s[i] = s[i] * rho + (gi * gi) * one_rho
+        d = np.sqrt(a[i] + eps) / np.sqrt(s[i] + eps) * gi
+        a[i] = a[i] * rho + (d * d) * one_rho
+        if scale:
+            d = d * lr
+        p[i] -= d
