@@ -217,11 +217,13 @@ def _epochs(torch, cfg, model, opt, sched, shuffle, tensors, on_epoch):
     for epoch in range(1, cfg.epochs + 1):
         perm = torch.from_numpy(shuffle.permutation(n))
         t0 = time.perf_counter()
-        step_loss, steps = 0.0, 0
+        step_loss, steps, correct = 0.0, 0, 0
         for s in range(0, n, bs):
             idx = perm[s:s + bs]
-            loss = model.loss(model(Xtr[idx]), ytr[idx])
+            out = model(Xtr[idx])
+            loss = model.loss(out, ytr[idx])
             value = loss.item()
+            correct += int((out.argmax(dim=1) == ytr[idx]).sum().item())
             if not math.isfinite(value):
                 status, message = "diverged", f"loss became {value} at epoch {epoch}, step {steps + 1}"
                 break
@@ -236,7 +238,8 @@ def _epochs(torch, cfg, model, opt, sched, shuffle, tensors, on_epoch):
             break
         sched.step()
         message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(model, X, y),
-                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, opt.param_groups[0]["lr"])
+                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, opt.param_groups[0]["lr"],
+                               correct)
         if message:
             status = "diverged"
             break

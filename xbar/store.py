@@ -8,8 +8,10 @@ Schema (format "xbar-store", version 1)::
                 key, status ("ok" | "diverged" | "error"), message, seed, test_accuracy,
                 train_accuracy (NaN when not measured or not ok), wall_seconds, train_seconds,
                 xbar_version, numpy_version, numba_version, python, host, finished (UTC ISO time)
-        history/<name>      per-epoch float64 vectors: epoch, test_accuracy, train_accuracy, loss,
-                            test_loss, step_loss, seconds, lr (NaN where not measured)
+        history/<name>      per-epoch float64 vectors: epoch, test_accuracy, train_accuracy (a full
+                            pass after the epoch, if eval_train), step_accuracy (running accuracy of
+                            the epoch's batches), loss, test_loss, step_loss, seconds, lr (NaN where
+                            not measured)
         layers/<name>       (epochs, layers) float64: w_min, w_max (stored weights), g_min, g_max
                             (programmed conductances in µS, NaN for layers without a crossbar)
         hist/<i>/counts     final conductance histogram of layer i (all devices of the layer), int64
@@ -39,7 +41,8 @@ import numpy as np
 from .errors import ConfigError, XbarError
 
 FORMAT, VERSION = "xbar-store", 1
-HISTORY_KEYS = ("epoch", "test_accuracy", "train_accuracy", "loss", "test_loss", "step_loss", "seconds", "lr")
+HISTORY_KEYS = ("epoch", "test_accuracy", "train_accuracy", "step_accuracy", "loss", "test_loss", "step_loss",
+                "seconds", "lr")
 LAYER_KEYS = ("w_min", "w_max", "g_min", "g_max")
 
 

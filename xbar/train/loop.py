@@ -331,6 +331,7 @@ class Trainer:
         self.sched = StepLR(self.opt, cfg.lr_step, cfg.lr_gamma)
         self.shuffle = _stream(cfg.seed, 2)
         self._active = tuple(range(len(self.net.layers)))   # layers the optimizer covers
+        self.last_correct = 0   # correct predictions of the last step's batch (before the step)
         self._post_update = [layer for layer in self.net.layers if hasattr(layer, "post_update")]
 
     def start_epoch(self, epoch: int) -> None:
@@ -361,6 +362,7 @@ class Trainer:
         try:
             out, caches = net.forward(x)
             loss, e = net.loss(out, y)
+            self.last_correct = int(np.count_nonzero(np.argmax(out, axis=1) == y))
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss}")
             deltas = self.rule.deltas(net, caches, e, y)
@@ -455,11 +457,12 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
         if cfg.adc_bits is not None and epoch > 1:
             # Weights grow during training: the ADC full scale set on the first batch would clip.
             tr.calibrate(Xtr[perm[:max(bs, 256)]])
-        step_loss, steps = 0.0, 0
+        step_loss, steps, correct = 0.0, 0, 0
         try:
             for s in range(0, n, bs):
                 idx = perm[s:s + bs]
                 step_loss += tr.step(Xtr[idx], ytr[idx])
+                correct += tr.last_correct
                 steps += 1
         except Diverged as exc:
             status, message = "diverged", f"{exc} at epoch {epoch}, step {steps + 1}"
@@ -469,7 +472,7 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
             break
         tr.sched.step()
         message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(net, X, y),
-                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, tr.opt.lr)
+                               (Xtr, ytr, Xte, yte), step_loss, steps, seconds, tr.opt.lr, correct)
         if probe is not None:
             history[-1].update(probe(net))
         if message:
@@ -480,16 +483,18 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
 
 
 def record_epoch(history: list, on_epoch, cfg, epoch: int, score, data, step_loss: float, steps: int,
-                 seconds: float, lr: float) -> str:
+                 seconds: float, lr: float, correct: int) -> str:
     """Evaluate after an epoch, append its history entry and report it (shared with the baseline).
 
-    score(X, y) -> (loss, accuracy %); data = (X_train, y_train, X_test, y_test).
+    score(X, y) -> (loss, accuracy %); data = (X_train, y_train, X_test, y_test); correct: right
+    predictions over the epoch's batches, each seen before its step (-> step_accuracy).
     Returns a divergence message, or "" when the evaluated losses are finite.
     """
     Xtr, ytr, Xte, yte = data
     test_loss, test_acc = score(Xte, yte)
     entry = {"epoch": epoch, "test_accuracy": test_acc, "train_accuracy": None, "loss": None,
-             "test_loss": test_loss, "step_loss": step_loss / max(steps, 1), "seconds": seconds, "lr": lr}
+             "test_loss": test_loss, "step_loss": step_loss / max(steps, 1),
+             "step_accuracy": 100.0 * correct / max(len(Xtr), 1), "seconds": seconds, "lr": lr}
     if cfg.eval_train:
         entry["loss"], entry["train_accuracy"] = score(Xtr, ytr)
     else:
