@@ -431,7 +431,7 @@ def estimate_seconds(config: dict[str, Any]) -> float:
 
 
 def _fmt_time(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
