@@ -57,6 +57,12 @@ def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite
     check_finite=False skips the finiteness pass; hot paths then check their (smaller) output
     and call :func:`raise_nonfinite` to name the culprit.
     """
+    if (type(a) is np.ndarray and a.dtype == np.float32 and a.ndim == ndim and a.flags.c_contiguous
+            and a.size and (cols is None or a.shape[-1] == cols)):
+        # The hot path (training): already what the kernels take; only finiteness is left to check.
+        if check_finite and not np.isfinite(a).all():
+            raise_nonfinite(name, a, a)
+        return a
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as exc:
@@ -197,6 +203,7 @@ class Crossbar:
             or (quant is not None and (self._levels is None or device.is_uniform))))
 
         self._quant_consts = None      # fused quantizer constants under a fixed (global) range
+        self._alpha_src = None         # the alpha array _alpha32/_beta32 were last derived from
         self._fresh: dict[str, np.ndarray] | None = None
         # A write that lands exactly on its targets (no spread, write noise or faults).
         self._exact_write = not (device.g_d2d_rel or device.program_noise_rel or device.stuck_on_rate
@@ -250,11 +257,11 @@ class Crossbar:
         self._stats["programs"] += 1
         self.t_s = None
         self.drift_compensation = 1.0
-        self._set_state(gp, gn)
-        if self._fresh is not None:
-            if self._exact_write:
-                self._cache.update(self._fresh)   # the kernel already built the read matrices
-            self._fresh = None
+        fresh, self._fresh = self._fresh, None
+        exact = fresh is not None and self._exact_write
+        self._set_state(gp, gn, fresh["gd"][None] if exact else None)
+        if exact:
+            self._cache.update(g32=fresh["g32"], w_fwd32=fresh["w_fwd32"])   # built by the kernel
         return self
 
     def _program_fused(self, W: np.ndarray) -> mp.Planes:
@@ -304,11 +311,12 @@ class Crossbar:
         lo, hi, nq, symm, dstep, lvl, top, snap, alpha, beta = c
         gp = np.empty((1,) + W.shape)
         gn = np.empty((1,) + W.shape)
+        gd = np.empty(W.shape)
         g32 = np.empty(W.shape, np.float32)
         w32 = np.empty(W.shape, np.float32)
         clipped = program_quant_differential(W, lo, hi, nq, symm, dstep, d.g_min_us, lvl, top, snap, alpha,
-                                             gp[0], gn[0], g32, w32)
-        self._fresh = {"g32": g32, "w_fwd32": w32}
+                                             gp[0], gn[0], gd, g32, w32)
+        self._fresh = {"gd": gd, "g32": g32, "w_fwd32": w32}
         return mp.Planes(gp, gn, np.ones(1), alpha, beta, int(clipped))
 
     def _persistent(self, shape) -> dict[str, np.ndarray]:
@@ -354,17 +362,20 @@ class Crossbar:
             g = np.where(s == 1, hi, np.where(s == -1, lo, g))
         return g
 
-    def _set_state(self, gp: np.ndarray, gn: np.ndarray) -> None:
+    def _set_state(self, gp: np.ndarray, gn: np.ndarray, gd: np.ndarray | None = None) -> None:
         """Install conductances; the kernel-ready arrays derived from them are built on first use."""
         d = self.device
         self._gp, self._gn = gp, gn
         P, rows, out = gp.shape
         R, C = self.tile
         self._nrt, self._nct = -(-rows // R), -(-out // C)
-        self._gd = gp - gn
-        self._alpha_eff = self._alpha * self.drift_compensation
-        self._alpha32 = self._alpha_eff.astype(np.float32)
-        self._beta32 = self._beta.astype(np.float32) if np.any(self._beta) else None
+        self._gd = gp - gn if gd is None else gd
+        if self._alpha is not self._alpha_src or self.drift_compensation != 1.0:
+            # (a fixed range hands over the same alpha and beta arrays every program: convert once)
+            self._alpha_src = self._alpha if self.drift_compensation == 1.0 else None
+            self._alpha_eff = self._alpha * self.drift_compensation
+            self._alpha32 = self._alpha_eff.astype(np.float32)
+            self._beta32 = self._beta.astype(np.float32) if np.any(self._beta) else None
         self._var = None
         if d.read_noise_rel and self.read_noise:
             s = d.read_noise_rel

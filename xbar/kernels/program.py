@@ -46,7 +46,7 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, gp, gn):
 
 
 @njit_exact
-def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, g32, w32):
+def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, gd, g32, w32):
     """The seed quantizers (asymm / symm) on a differential pair, one slice, in one pass.
 
     Computes what `weights_to_codes(quant=...)` + `codes_to_planes` compute, in the same order of
@@ -85,7 +85,8 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
             else:
                 gp[i, j] = g_min
                 gn[i, j] = g
-            gd = gp[i, j] - gn[i, j]
-            g32[i, j] = np.float32(gd)
-            w32[i, j] = np.float32(gd * alpha[j])
+            dif = gp[i, j] - gn[i, j]
+            gd[i, j] = dif
+            g32[i, j] = np.float32(dif)
+            w32[i, j] = np.float32(dif * alpha[j])
     return clipped
