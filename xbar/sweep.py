@@ -290,7 +290,9 @@ def _absent_datasets(exp: Experiment, check: bool) -> dict[str, str]:
             try:
                 xdata.load(ds, "test", dd)
             except DataError as exc:
-                out[ds] = str(exc).splitlines()[0]
+                first = str(exc).splitlines()[0]
+                out[ds] = (first.split(": looked for")[0] + f" (searched {dd or 'the default folders'}; "
+                           f"see `xbar data info {ds}`)")
     return out
 
 
