@@ -163,6 +163,17 @@ def test_sigkill_loses_only_runs_in_flight(tmp_path):
     assert out.exists()
     before = len(store.stored_keys(out)) + len(store.pending(out))
     assert 2 <= before < 16
+    # Ctrl-C / SIGTERM: the sweep stops its workers, stores what finished and exits 130
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while time.time() < deadline and len(store.stored_keys(out)) + len(store.pending(out)) < before + 1:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert "re-run the same command" in proc.stderr.read().decode()
+    assert not store.pending(out) and len(store.stored_keys(out)) >= before + 1
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     df = store.load(out)

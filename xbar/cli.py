@@ -354,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xbar: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("xbar: interrupted", file=sys.stderr)
+        extra = ("; finished runs are stored, re-run the same command to continue"
+                 if getattr(args, "command", "") == "sweep" else "")
+        print(f"xbar: interrupted{extra}", file=sys.stderr)
         return 130
     except BrokenPipeError:   # e.g. `xbar ... --json | head`
         sys.stderr.close()

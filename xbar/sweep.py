@@ -535,7 +535,8 @@ def _local_executor(workers: int):
     for k in saved:
         os.environ[k] = "1"
     try:
-        ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init)
         # start the workers now, under this environment
         list(ex.map(_noop, range(workers)))
     finally:
@@ -549,6 +550,37 @@ def _local_executor(workers: int):
 
 def _noop(_):
     return None
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: only the parent handles it (and stops the workers).
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Stop:
+    """SIGINT/SIGTERM become a flag the runner polls, so it can stop workers and store cleanly."""
+
+    def __init__(self):
+        self.signum = None
+        self._saved = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = None, cluster: str | None = None,
@@ -636,30 +668,41 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
 
 def _run_local(workers: int, payloads: list[dict], finished) -> None:
     from concurrent.futures import FIRST_COMPLETED, wait
-    from concurrent.futures.process import BrokenProcessPool
     if workers == 1 and os.environ.get("XBAR_SWEEP_INPROCESS") == "1":
         for p in payloads:           # debugging aid: no subprocesses
             finished(run_one(p), 0)
         return
     ex = _local_executor(workers)
+    stop = _Stop()
     try:
         queue = list(reversed(payloads))
         running = {}
-        while queue or running:
-            while queue and len(running) < workers * 2:
-                p = queue.pop()
-                running[ex.submit(run_one, p)] = p
-            done_set, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done_set:
-                p = running.pop(fut)
-                try:
-                    rec = fut.result()
-                except BrokenProcessPool:
-                    raise XbarError("a worker process died (killed or out of memory); finished runs are "
-                                    "stored: re-run the same command to continue") from None
-                finished(rec, min(len(running), workers))
+        with stop:
+            while (queue or running) and stop.signum is None:
+                while queue and len(running) < workers * 2:
+                    p = queue.pop()
+                    running[ex.submit(run_one, p)] = p
+                done_set, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                _collect(done_set, running, workers, finished)
     finally:
+        if stop.signum is not None or sys.exc_info()[0] is not None:
+            for proc in list((getattr(ex, "_processes", None) or {}).values()):
+                proc.terminate()   # runs in flight are lost by design; finished ones are journaled
         ex.shutdown(wait=False, cancel_futures=True)
+    if stop.signum is not None:
+        raise KeyboardInterrupt
+
+
+def _collect(done_set, running, workers, finished) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+    for fut in done_set:
+        running.pop(fut)
+        try:
+            rec = fut.result()
+        except BrokenProcessPool:
+            raise XbarError("a worker process died (killed or out of memory); finished runs are "
+                            "stored: re-run the same command to continue") from None
+        finished(rec, min(len(running), workers))
 
 
 def _run_dask(address: str, payloads: list[dict], finished) -> None:
