@@ -149,6 +149,35 @@ def merge(path: str | os.PathLike, entries: Iterable[Path] | None = None, *,
     return added
 
 
+def combine(path: str | os.PathLike, *others: str | os.PathLike) -> int:
+    """Copy into store `path` the runs of other stores of the same spec that it lacks (results
+    of one grid computed on several machines); returns how many were added. Atomic like merge()."""
+    path = Path(path)
+    mine = info(path)
+    for o in others:
+        theirs = info(o)
+        if theirs.get("spec_hash") != mine.get("spec_hash"):
+            raise StoreError(f"{o}: another spec (hash {theirs.get('spec_hash')}) than {path} "
+                             f"({mine.get('spec_hash')}); only stores of one spec combine")
+    h5py = _h5py()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.merge")
+    shutil.copyfile(path, tmp)
+    added = 0
+    try:
+        with h5py.File(tmp, "a") as f:
+            for o in others:
+                with open_store(o) as src:
+                    for key in src["runs"]:
+                        if key not in f["runs"]:
+                            src.copy(src["runs"][key], f["runs"], name=key)
+                            added += 1
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return added
+
+
 def _write_run(g, rec: dict[str, Any]) -> None:
     nan = float("nan")
 
