@@ -219,3 +219,19 @@ def test_report_and_compare_write_figures_and_tables(tiny_store, tmp_path):
     assert "| network | update | 2 | 3 |" in table
     cmp_files = compare(str(out), str(out), str(tmp_path / "cmp"))
     assert "mean difference B - A: +0.00" in Path(cmp_files[1]).read_text()
+
+
+def test_report_plots_accuracy_vs_a_swept_device_parameter(tmp_path):
+    pytest.importorskip("matplotlib")
+    from xbar.report import report
+    text = (TINY.replace("seeds = [1, 2]", "seeds = [1]")
+            .replace('update = ["qat", "stochastic"]\nbits = [2, 3]',
+                     'update = ["qat"]\nbits = [3]\n"device.read_noise_rel" = [0.0, 0.05, 0.2]'))
+    exp = Experiment.load(spec(tmp_path, text))
+    out = tmp_path / "noise.h5"
+    run_sweep(exp, out, workers=1, progress=False, print_fn=lambda s: None)
+    df = store.load(out)
+    assert sorted(df["device.read_noise_rel"]) == [0.0, 0.05, 0.2]
+    assert set(df["device_set"]) == {"read_noise_rel=0.0", "read_noise_rel=0.05", "read_noise_rel=0.2"}
+    files = [Path(f).name for f in report(str(out), str(tmp_path / "rep"))]
+    assert any(f.startswith("accuracy_vs_device.read_noise_rel") for f in files)
