@@ -689,3 +689,44 @@ def test_bad_bias_rejected():
 def test_bad_drift_time(programmed, t):
     with pytest.raises(ConfigError, match="seconds"):
         programmed.at(t)
+
+
+# ---- pruning masks ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,quant,rng_kind", [("ideal", "asymm", "local"), ("rram-4bit", None, "global"),
+                                                   ("rram-4bit", "asymm", "global")])
+def test_masked_cells_stay_unprogrammed_and_read_as_zero(device, quant, rng_kind):
+    """Pruned cells: both devices at g_min (no write noise, even on a grid without a zero level),
+    zero effective weight (the digital offset of asymm included), and no device or tile in stats."""
+    from xbar import Device
+    rng = np.random.default_rng(0)
+    W = rng.normal(0, 0.4, (150, 70)).astype(np.float32)
+    mask = rng.random(W.shape) < 0.5
+    mask[64:128, :] = False                      # a whole row band: the tiles (64x64) in it are released
+    dev = Device.preset(device)
+    kw = {"quant": quant, "quant_bits": 3} if quant else {}
+    if quant and dev.bits is None:
+        dev = dev.with_(bits=4)
+    xb = Crossbar(dev, tile=(64, 64), range=rng_kind, gain="column" if rng_kind == "local" else "layer",
+                  read_noise=False, seed=3, **kw)
+    xb.program(W * mask, mask=mask)
+    gp, gn = xb.conductances()
+    assert np.all(gp[:, ~mask] == dev.g_min_us) and np.all(gn[:, ~mask] == dev.g_min_us)
+    Weff = xb.weights()
+    assert np.all(Weff[~mask] == 0)
+    X = rng.random((9, 150)).astype(np.float32)
+    np.testing.assert_allclose(xb.mvm(X), X @ Weff, rtol=1e-4, atol=1e-4)
+    E = rng.normal(size=(9, 70)).astype(np.float32)
+    np.testing.assert_allclose(xb.mvm_t(E), E @ Weff.T, rtol=1e-4, atol=1e-4)
+    st = xb.stats()
+    assert st["devices"] == 2 * int(mask.sum()) and st["pruned_cells"] == int((~mask).sum())
+    assert st["tiles_allocated"] == 3 * 2 and st["tiles"] == 2 * 2     # the middle row of tiles is empty
+    xb.program(W)                                # no mask: everything in use again
+    assert xb.stats()["tiles"] == 6 and xb.stats()["pruned_cells"] == 0
+
+
+def test_mask_is_validated():
+    from xbar import Device
+    xb = Crossbar(Device.preset("ideal"))
+    with pytest.raises(ShapeError, match="mask: expected a boolean array of shape"):
+        xb.program(np.zeros((4, 3), np.float32), mask=np.ones((3, 4), bool))

@@ -202,6 +202,8 @@ class Crossbar:
             (quant is None and self._levels is not None and device.is_uniform)
             or (quant is not None and (self._levels is None or device.is_uniform))))
 
+        self._mask: np.ndarray | None = None     # cells in use (None: all), see program()
+        self._mask32: np.ndarray | None = None
         self._quant_consts = None      # fused quantizer constants under a fixed (global) range
         self._alpha_src = None         # the alpha array _alpha32/_beta32 were last derived from
         self._fresh: dict[str, np.ndarray] | None = None
@@ -220,10 +222,22 @@ class Crossbar:
         self.drift_compensation = 1.0
 
     # ---- programming ----------------------------------------------------------------------------
-    def program(self, W, b=None) -> Crossbar:
-        """Write weights W (in, out) and optional bias b (out,) onto the devices."""
+    def program(self, W, b=None, mask=None) -> Crossbar:
+        """Write weights W (in, out) and optional bias b (out,) onto the devices.
+
+        mask: None, or a boolean (in, out) array of the cells in use (pruning). Cells outside it
+        are never written: both devices stay at their own g_min (no write noise; a stuck device
+        stays stuck), they read as zero weight, and stats() counts neither them nor tiles left
+        without a cell in use.
+        """
         W = as_matrix("W", W)
         n_in, n_out = W.shape
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_ or mask.shape != (n_in, n_out):
+                raise ShapeError(f"mask: expected a boolean array of shape {(n_in, n_out)}, got "
+                                 f"{mask.dtype} {mask.shape}")
+            mask = None if mask.all() else mask
         self._b_digital = None
         if b is not None:
             b = as_matrix("b", np.asarray(b).reshape(1, -1), cols=n_out)[0]
@@ -249,9 +263,13 @@ class Crossbar:
                                         w_range=self.w_range)
             planes = mp.codes_to_planes(codes, dev, self.mapping, self.slices)
         self._stats["weights_clipped"] += planes.clipped
-        gp, gn = self._physical(planes.gp), planes.gn
+        if mask is not None and self._has_bias_row:
+            mask = np.vstack([mask, np.ones((1, n_out), bool)])   # the bias row is always in use
+        self._mask = mask
+        self._mask32 = None if mask is None else mask.astype(np.float32)
+        gp, gn = self._physical(planes.gp, mask=mask), planes.gn
         if self.mapping == "differential":
-            gn = self._physical(gn, second=True)
+            gn = self._physical(gn, second=True, mask=mask)
         self._gp0, self._gn0 = gp, gn           # as programmed (t = t0)
         self._sig, self._alpha, self._beta = planes.sig, planes.alpha, planes.beta
         self._stats["programs"] += 1
@@ -259,6 +277,9 @@ class Crossbar:
         self.drift_compensation = 1.0
         fresh, self._fresh = self._fresh, None
         exact = fresh is not None and self._exact_write
+        if exact and mask is not None:
+            for a in fresh.values():
+                a[~mask] = 0
         self._set_state(gp, gn, fresh["gd"][None] if exact else None)
         if exact:
             self._cache.update(g32=fresh["g32"], w_fwd32=fresh["w_fwd32"])   # built by the kernel
@@ -344,8 +365,11 @@ class Crossbar:
             self._persist = p
         return self._persist
 
-    def _physical(self, g: np.ndarray, second: bool = False) -> np.ndarray:
-        """Target conductances -> what the devices hold: spread, write noise, faults."""
+    def _physical(self, g: np.ndarray, second: bool = False, mask: np.ndarray | None = None) -> np.ndarray:
+        """Target conductances -> what the devices hold: spread, write noise, faults.
+
+        Cells outside `mask` (pruned) are not written: they stay at their device's own g_min.
+        """
         d = self.device
         p = self._persistent(g.shape)
         k = 1 if second else 0
@@ -357,6 +381,8 @@ class Crossbar:
         if d.program_noise_rel:
             g = g + d.program_noise_rel * d.window_us * self._rng.standard_normal(g.shape)
             g = np.clip(g, lo, hi)   # a device cannot leave its own window
+        if mask is not None:
+            g = np.where(mask[None], g, lo)
         if p["stuck"] is not None:
             s = p["stuck"][k]
             g = np.where(s == 1, hi, np.where(s == -1, lo, g))
@@ -403,7 +429,8 @@ class Crossbar:
 
     @property
     def _w_eff(self) -> np.ndarray:
-        return self._cached("w_eff", lambda: self._gsum() * self._alpha_eff[None, :] + self._beta[None, :])
+        return self._cached("w_eff", lambda: self._gsum() * self._alpha_eff[None, :]
+                            + (self._beta[None, :] if self._mask is None else self._beta[None, :] * self._mask))
 
     @property
     def _w_fwd32(self) -> np.ndarray:
@@ -469,7 +496,9 @@ class Crossbar:
         if self._b_digital is not None:
             y += self._b_digital[None, :]
         if self._beta32 is not None:
-            y += X.sum(axis=1, keepdims=True) * self._beta32[None, :]
+            # the digital offset belongs to the cells in use only
+            xs = X.sum(axis=1, keepdims=True) if self._mask32 is None else X @ self._mask32
+            y += xs * self._beta32[None, :]
         if self._analog_io and not np.isfinite(y).all():
             raise_nonfinite("X", X0, as_matrix("X", X0, cols=self._n_in, check_finite=False))
         return y
@@ -490,7 +519,7 @@ class Crossbar:
             y = self._read(es, "bwd")
             y *= scale
         if self._beta32 is not None:
-            y += (E @ self._beta32)[:, None]
+            y += (E @ self._beta32)[:, None] if self._mask32 is None else (E * self._beta32) @ self._mask32.T
         return y[:, :self._n_in] if self._has_bias_row else y
 
     def _dac(self, X: np.ndarray):
@@ -757,13 +786,21 @@ class Crossbar:
         P, rows, out = self._gp.shape
         R, C = self.tile
         per_cell = 2 if self.mapping == "differential" else 1
-        tiles = P * self._nrt * self._nct
+        allocated = P * self._nrt * self._nct
+        if self._mask is None:
+            cells, tiles = rows * out, allocated
+        else:
+            cells = int(self._mask.sum())
+            pad = np.zeros((self._nrt * R, self._nct * C), bool)
+            pad[:rows, :out] = self._mask
+            tiles = P * int(pad.reshape(self._nrt, R, self._nct, C).any(axis=(1, 3)).sum())
         s = dict(self._stats)
         s.update({
             "shape": (self._n_in, out), "rows_used": rows, "tiles": tiles, "tile": (R, C),
-            "planes": P, "cells": P * rows * out, "devices": P * rows * out * per_cell,
+            "tiles_allocated": allocated, "pruned_cells": P * (rows * out - cells),
+            "planes": P, "cells": P * cells, "devices": P * cells * per_cell,
             "device_capacity": tiles * R * C * per_cell,
-            "utilization": (rows * out) / (self._nrt * self._nct * R * C),
+            "utilization": cells / max(tiles // P * R * C, 1),
             "reads": self._reads, "t_s": self.t_s, "drift_compensation": self.drift_compensation,
         })
         p = self._persist or {}
