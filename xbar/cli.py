@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--compare", action="store_true", help="two stores side by side")
     rp.set_defaults(func=cmd_report)
 
+    from . import cost, prune
+    cost.add_cli(sub)
+    prune.add_cli(sub)
+
     dm = sub.add_parser("demo", help="digits on a 3-bit crossbar: float vs nearest vs stochastic vs qat")
     dm.add_argument("--device", default="ideal")
     dm.add_argument("--bits", type=int, default=3)

@@ -26,7 +26,8 @@ import numpy as np
 from . import store
 from .errors import XbarError
 
-LINE_KEYS = ("rule", "update", "network", "device", "optimizer")
+LINE_KEYS = ("method", "rule", "update", "network", "device", "optimizer")
+RESULT_X = ("tiles", "energy_pj")   # result columns worth an accuracy-vs plot (pruning sweeps)
 PANEL_KEYS = ("range", "quant")
 METRIC = "test_accuracy"
 
@@ -102,6 +103,9 @@ def report(path: str, out: str) -> list[str]:
         written += _pivot_tables(ok, plan, outdir)
     for k in (k for k in swept if k.startswith("device.")):
         written += _accuracy_vs_device(plt, ok, k, plan, outdir)
+    for k in RESULT_X:
+        if k in ok.columns and k not in swept and ok[k].notna().any():
+            written += _accuracy_vs_device(plt, ok, k, plan, outdir, split_x=False)
     written += _curves(plt, path, ok, plan, outdir)
     written += _histograms(plt, path, ok, plan, outdir)
     summary = outdir / "README.md"
@@ -165,12 +169,13 @@ def _accuracy_vs_x(plt, ok, plan, outdir: Path) -> list[str]:
     return written
 
 
-def _accuracy_vs_device(plt, ok, key: str, plan, outdir: Path) -> list[str]:
+def _accuracy_vs_device(plt, ok, key: str, plan, outdir: Path, split_x: bool = True) -> list[str]:
+    """Accuracy vs `key` (a swept device parameter, or a result such as tiles), a line per plan line."""
     if key not in ok.columns:
         return []
     line = plan["line"]
     written = []
-    others = [k for k in plan["figures"] + ([plan["x"]] if plan["x"] else []) if k != key]
+    others = [k for k in plan["figures"] + ([plan["x"]] if plan["x"] and split_x else []) if k != key]
     for sel, sub in _groups(ok, others):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for lv, lsub in _groups(sub, [line] if line else []):

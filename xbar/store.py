@@ -4,7 +4,9 @@ Schema (format "xbar-store", version 1)::
 
     /                       attrs: format, version, spec (JSON), spec_hash, spec_file, created, xbar_version
     /runs/<key>/            one group per run; key = stable hash of the run's resolved config
-        attrs:  config (JSON of the resolved TrainConfig), point (JSON of the grid values of this run),
+        attrs:  config (JSON of the resolved TrainConfig; pruning sweeps add command = "prune" and the
+                PruneConfig fields), point (JSON of the grid values of this run), metrics (JSON of
+                extra final results: pruning's tiles, energy_pj, accuracy_before, ... before/after),
                 key, status ("ok" | "diverged" | "error"), message, seed, test_accuracy,
                 train_accuracy (NaN when not measured or not ok), wall_seconds, train_seconds,
                 xbar_version, numpy_version, numba_version, python, host, finished (UTC ISO time)
@@ -191,7 +193,7 @@ def _write_run(g, rec: dict[str, Any]) -> None:
         wall_seconds=num(rec.get("wall_seconds")), train_seconds=num(rec.get("train_seconds")),
         **{k: str(rec.get("env", {}).get(k, "")) for k in ("xbar_version", "numpy_version", "numba_version",
                                                             "python", "host")},
-        finished=rec.get("finished", ""))
+        finished=rec.get("finished", ""), metrics=json.dumps(rec.get("metrics") or {}))
     hist = rec.get("history") or []
     h = g.create_group("history")
     for k in HISTORY_KEYS:
@@ -260,6 +262,8 @@ def records(path: str | os.PathLike) -> list[dict[str, Any]]:
             for k, v in point.items():
                 if k not in cfg:
                     row[k] = v
+            for k, v in json.loads(a.get("metrics", "{}")).items():
+                row.setdefault(k, v)
             for k in ("status", "message", "test_accuracy", "train_accuracy", "wall_seconds", "train_seconds",
                       "finished", "xbar_version"):
                 v = a.get(k)

@@ -44,7 +44,8 @@ from . import store
 from .config import find_preset, load_toml, suggest, where_text
 from .errors import ConfigError, DataError, XbarError
 
-SPEC_KEYS = ("name", "description", "seeds", "missing_data", "base", "grid", "exclude")
+SPEC_KEYS = ("name", "description", "command", "seeds", "missing_data", "base", "grid", "exclude")
+COMMANDS = ("train", "prune")
 MISSING_DATA = ("error", "skip")
 DEVICE_PREFIX = "device."
 HIST_BINS = 64
@@ -54,6 +55,11 @@ NOT_IDENTITY = ("data_dir",)
 
 def _train_fields():
     from .train.loop import FIELD_NAMES
+    return FIELD_NAMES
+
+
+def _prune_fields():
+    from .prune import FIELD_NAMES
     return FIELD_NAMES
 
 
@@ -86,6 +92,7 @@ class Experiment:
     seeds: list[int] | None = None
     exclude: list[dict[str, Any]] = field(default_factory=list)
     missing_data: str = "error"
+    command: str = "train"
     file: str = "<spec>"
 
     # -- loading -----------------------------------------------------------------------------------
@@ -99,18 +106,22 @@ class Experiment:
     def from_dict(cls, data: dict[str, Any], *, file: str = "<spec>") -> Experiment:
         from .config import check_keys
         check_keys(data, SPEC_KEYS, file=file)
+        command = data.get("command", "train")
+        if command not in COMMANDS:
+            raise ConfigError(f"{where_text(file, 'command')} = {command!r}: expected one of "
+                              + ", ".join(map(repr, COMMANDS)) + suggest(str(command), COMMANDS))
         name = data.get("name", Path(file).stem)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where_text(file, 'name')} = {name!r}: expected a non-empty string")
         base = data.get("base", {})
         if not isinstance(base, dict):
             raise ConfigError(f"{where_text(file, 'base')}: expected a table of `xbar train` options")
-        _check_option_keys(base, file, "base.")
+        _check_option_keys(base, file, "base.", command)
         grid = data.get("grid")
         if not isinstance(grid, dict) or not grid:
             raise ConfigError(f"{where_text(file, 'grid')}: the grid is empty; give at least one "
                               "[grid] key with a list of values, e.g. bits = [2, 3, 4]")
-        _check_option_keys(grid, file, "grid.")
+        _check_option_keys(grid, file, "grid.", command)
         for k, v in grid.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{where_text(file, 'grid.' + k)} = {v!r}: expected a non-empty list of values")
@@ -147,13 +158,14 @@ class Experiment:
             raise ConfigError(f"{where_text(file, 'missing_data')} = {missing!r}: expected one of "
                               + ", ".join(map(repr, MISSING_DATA)))
         return cls(name=name, description=str(data.get("description", "")), base=dict(base), grid=dict(grid),
-                   seeds=seeds, exclude=exclude, missing_data=missing, file=file)
+                   seeds=seeds, exclude=exclude, missing_data=missing, command=command, file=file)
 
     # -- identity ----------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
         """What defines the set of runs (not name or description)."""
-        return {"base": self.base, "grid": self.grid, "seeds": self.seeds, "exclude": self.exclude,
+        spec = {"base": self.base, "grid": self.grid, "seeds": self.seeds, "exclude": self.exclude,
                 "missing_data": self.missing_data}
+        return spec | ({"command": self.command} if self.command != "train" else {})
 
     def spec_hash(self) -> str:
         return _hash(self.spec())
@@ -189,14 +201,24 @@ class Experiment:
                     continue
                 raise ConfigError(f"{self.file}: run {i + 1} ({_label(point)}): {absent[options['dataset']]}"
                                   " (set missing_data = \"skip\" in the spec to leave such runs out)")
+            where = f"{self.file}, run {i + 1} ({_label(point)})"
             try:
-                cfg = TrainConfig.from_dict(options, file=f"{self.file}, run {i + 1} ({_label(point)})").resolve()
+                if self.command == "prune":
+                    from .prune import PruneConfig, check_supported
+                    pnames = _prune_fields()
+                    popts = {k: v for k, v in options.items() if k in pnames}
+                    cfg = TrainConfig.from_dict({k: v for k, v in options.items() if k not in pnames},
+                                                file=where).resolve()
+                    pcfg = PruneConfig.from_dict(popts, file=where).resolve()
+                    check_supported(cfg.network, pcfg)
+                    config = cfg.as_dict() | {"command": "prune"} | pcfg.as_dict()
+                else:
+                    config = TrainConfig.from_dict(options, file=where).resolve().as_dict()
             except ConfigError as exc:
                 msg = str(exc)
                 if f"run {i + 1}" not in msg:
                     msg = f"{self.file}: run {i + 1} ({_label(point)}): {msg}"
                 raise ConfigError(msg) from None
-            config = cfg.as_dict()
             key = run_key(config)
             if key in seen:
                 raise ConfigError(f"{self.file}: runs {seen[key] + 1} and {i + 1} resolve to the same "
@@ -213,8 +235,8 @@ class Experiment:
         return runs
 
 
-def _check_option_keys(table: dict[str, Any], file: str, prefix: str) -> None:
-    fields = _train_fields()
+def _check_option_keys(table: dict[str, Any], file: str, prefix: str, command: str = "train") -> None:
+    fields = _train_fields() + (_prune_fields() if command == "prune" else ())
     dev_fields = _device_fields()
     for k in table:
         if k.startswith(DEVICE_PREFIX):
@@ -380,6 +402,11 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {"key": payload["key"], "point": payload.get("point", {}), "config": cfg,
                            "env": environment()}
     start = time.perf_counter()
+    if cfg.get("command") == "prune":
+        _prune_one(cfg, rec, payload.get("cache"))
+        rec["wall_seconds"] = time.perf_counter() - start
+        rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return rec
     try:
         with _single_thread():
             data = _data(cfg["dataset"], cfg.get("data_dir"))
@@ -394,6 +421,54 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
     rec["wall_seconds"] = time.perf_counter() - start
     rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return rec
+
+
+def _pretrained(tcfg, data, cache: str | None) -> str | None:
+    """A checkpoint of the network every pruning point of this train config starts from, trained
+    once and shared through the sweep's cache folder (None: no cache, each point trains)."""
+    if not cache:
+        return None
+    from .checkpoint import save
+    from .train.loop import train
+    path = Path(cache) / f"pretrain-{run_key(tcfg.as_dict())}.h5"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = train(tcfg, data=data, keep_trainer=True)
+        if res["status"] != "ok":
+            return None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save(str(tmp), res.pop("_trainer"), tcfg, res)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _prune_one(cfg: dict[str, Any], rec: dict[str, Any], cache: str | None) -> None:
+    from .prune import PruneConfig, prune
+    from .train.loop import TrainConfig
+    pnames = _prune_fields()
+    try:
+        with _single_thread():
+            data = _data(cfg["dataset"], cfg.get("data_dir"))
+            tcfg = TrainConfig.from_dict({k: v for k, v in cfg.items() if k not in pnames and k != "command"})
+            pcfg = {k: v for k, v in cfg.items() if k in pnames}
+            if not pcfg.get("init"):
+                pcfg["init"] = _pretrained(tcfg.resolve(), data, cache)
+            res = prune(tcfg, pcfg, data=data)
+        after, before = res.get("hardware_after") or {}, res.get("hardware_before") or {}
+        metrics = {"accuracy_before": res.get("accuracy_before"), "accuracy_drop": res.get("accuracy_drop"),
+                   "sparsity_result": res.get("sparsity"), "tiles": res.get("tiles"),
+                   "energy_pj": res.get("energy_pj")}
+        for k in ("devices", "tiles", "adc_conversions", "energy_pj"):
+            if k in before:
+                metrics[f"{k}_before"] = before[k]
+                metrics[f"{k}_after"] = after.get(k)
+        rec.update(status="ok" if res["status"] == "ok" else res["status"], message=res.get("message", ""),
+                   test_accuracy=res.get("test_accuracy"), train_accuracy=None, metrics=metrics,
+                   history=[{"epoch": r["round"], "test_accuracy": r.get("test_accuracy")} for r in res.get("rounds", [])],
+                   train_seconds=res.get("seconds"))
+    except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
+        rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
+                   traceback=traceback.format_exc(limit=20))
 
 
 # ---- estimates ------------------------------------------------------------------------------------
@@ -429,7 +504,10 @@ def estimate_seconds(config: dict[str, Any]) -> float:
     elif config["rule"] == "sg":
         epoch *= 1.3
     evals = (n if config.get("eval_train", True) else 0) + 10000
-    return config["epochs"] * (epoch + evals * macs * _A * 0.7) + 0.5
+    total = config["epochs"] * (epoch + evals * macs * _A * 0.7) + 0.5
+    if config.get("command") == "prune":   # pretraining is shared; retraining rounds are not
+        total = total / 8 + config.get("rounds", 1) * config.get("retrain_epochs", 1) * epoch * 1.5
+    return total
 
 
 def _fmt_time(s: float) -> str:
@@ -652,7 +730,8 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
             store.merge(out)
             last_merge = time.perf_counter()
 
-    payloads = [{"key": r.key, "point": r.point, "config": r.config} for r in order]
+    cache = str(out) + ".cache"   # shared pretrained networks of pruning sweeps
+    payloads = [{"key": r.key, "point": r.point, "config": r.config, "cache": cache} for r in order]
     try:
         if cluster:
             _run_dask(cluster, payloads, finished)

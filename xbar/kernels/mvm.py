@@ -109,3 +109,24 @@ def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
         else:
             out += cur[t] * post[t][None, :]
     return out, nclip
+
+
+def _dac_dynamic(X, xs, scale):
+    """Dynamic input scaling of the DAC: scale[b] = max_j |X[b, j]| (1 where that is 0) and
+    xs = X / scale, one pass per row; threads split the rows."""
+    B, N = X.shape
+    for b in prange(B):
+        m = np.float32(0.0)
+        for j in range(N):
+            v = abs(X[b, j])
+            if v > m:
+                m = v
+        if not m > 0:
+            m = np.float32(1.0)
+        scale[b, 0] = m
+        for j in range(N):
+            xs[b, j] = X[b, j] / m
+
+
+dac_dynamic = njit_parallel(_dac_dynamic)
+dac_dynamic_serial = njit(serial_twin(_dac_dynamic))

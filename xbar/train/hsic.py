@@ -37,7 +37,10 @@ objective is then scale-free and its exact gradient is
 (the component along HẐ drops out). The one-hot labels' kernel is used as it is.
 
 The rule sends δ_l = ∂J_l/∂Z_l ⊙ f'(a_l) (``layer.local_delta``) to layer l: Z_l is the layer's
-post-activation output, so f' is applied exactly as for a backpropagated dL/dz. The output layer
+post-activation output, so f' is applied exactly as for a backpropagated dL/dz. For a convolution
+Z_l is its output as it leaves the layer (after its pooling), flattened to (m, out_size), and
+local_delta takes ∂J_l/∂Z_l back through the pooling, f' and any batch norm to the crossbar's
+outputs: the rule does not treat convolutions specially. The output layer
 gets the ordinary loss error e = dL/da_L; its gradient xᵀe uses the hidden features as read, with
 nothing flowing further down (the features are "detached").
 

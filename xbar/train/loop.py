@@ -353,8 +353,9 @@ class Trainer:
         for layer in self.net.layers:
             if layer.crossbar is None or layer.crossbar.adc_bits is None:
                 return
-            layer.crossbar.calibrate(x)
-            x, _ = layer.forward(x)
+            # on the layer's own crossbar inputs (a convolution's im2col rows), inference mode
+            # (no dropout, running batch-norm statistics left alone)
+            x = layer.calibrate(x)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One step on batch (x, y); returns the batch loss before the step."""

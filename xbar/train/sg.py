@@ -90,7 +90,7 @@ class SG(Rule):
         if len(net.layers) < 2:
             raise ConfigError("rule = 'sg' needs a network with at least one hidden layer; use rule 'bp'")
         n_classes = net.layers[-1].n_out
-        self.modules = [SGModule(layer.n_out, n_classes, self.conditioned) for layer in net.layers[:-1]]
+        self.modules = [SGModule(layer.out_size, n_classes, self.conditioned) for layer in net.layers[:-1]]
         self.opt = Adam([p for mod in self.modules for p in mod.params()], self.lr)
         self._pending = None
 

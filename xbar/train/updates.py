@@ -99,6 +99,14 @@ class DeviceSetup:
     dac_bits: int | None = None
     range_scale: float = 2.0
 
+    def for_layer(self, layer) -> DeviceSetup:
+        """This setup with the layer's own device bits (``layer.bits``, set by a network spec's
+        per-layer ``bits``: binarized networks keep the first and last layers wider), else itself."""
+        bits = getattr(layer, "bits", None)
+        if bits is None or (bits == self.bits and self.device.bits == bits):
+            return self
+        return dataclasses.replace(self, device=self.device.with_(bits=bits), bits=bits)
+
     def fixed_for(self, x: np.ndarray) -> DeviceSetup:
         """Under range "init": this setup with a global range fixed from tensor x; else itself."""
         if self.range != "init":
@@ -206,7 +214,7 @@ class Update:
 
     def attach(self, net: Network, seeds: list[int], feedback: list[np.ndarray]) -> None:
         """Give every layer a crossbar (seeded per layer) and program the initial weights."""
-        self.setups = [self.setup.fixed_for(layer.W) for layer in net.layers]
+        self.setups = [self.setup.for_layer(layer).fixed_for(layer.W) for layer in net.layers]
         for layer, setup, seed in zip(net.layers, self.setups, seeds):
             layer.crossbar = setup.crossbar(seed)
             layer.program()
@@ -390,7 +398,7 @@ class InSituUpdate(Update):
         self.counters = {"pulses": 0, "writes": 0, "steps": 0}
 
     def attach(self, net, seeds, feedback):
-        self.setups = [self.setup.fixed_for(layer.W) for layer in net.layers]
+        self.setups = [self.setup.for_layer(layer).fixed_for(layer.W) for layer in net.layers]
         self.states = []
         for layer, setup, seed in zip(net.layers, self.setups, seeds):
             layer.crossbar = setup.crossbar(seed, bias="row")

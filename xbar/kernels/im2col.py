@@ -1,0 +1,175 @@
+"""im2col / col2im and 2-d pooling on channels-last maps: the kernels behind xbar.conv.
+
+Feature maps are (batch, H, W, C) float32, C-contiguous (channels last). A convolution becomes one
+matrix product on the crossbar: im2col gathers, for every output position (b, oh, ow), the
+kh×kw×C input patch into one row, in (i, j, c) order (kernel row, kernel column, channel), so a
+row is kh runs of kw·C contiguous input values. col2im is its adjoint (patch gradients added back
+onto the input positions they came from); zero padding is read as zeros and dropped on the way
+back.
+
+Every kernel has a serial twin; the parallel one splits the batch, so each thread writes only its
+own images' rows (im2col, pooling) or its own images (col2im, pooling backward). Plain numpy
+references live in xbar.conv (``*_reference``) and the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import njit, njit_parallel, serial_twin
+
+
+def _im2col(x, kh, kw, stride, pad, oh, ow, cols):
+    """x (B, H, W, C) -> cols (B*oh*ow, kh*kw*C), overwritten; padded positions get 0.
+
+    Inside the input a patch row (kernel row i) is kw*C contiguous values of x, copied as one
+    run; only patches that overlap the padding go value by value.
+    """
+    B, H, W, C = x.shape
+    x3 = x.reshape(B, H, W * C)
+    kwc = kw * C
+    for b in prange(B):
+        for p in range(oh):
+            r0 = (b * oh + p) * ow
+            for i in range(kh):
+                h = p * stride - pad + i
+                base = i * kwc
+                if h < 0 or h >= H:
+                    for q in range(ow):
+                        for t in range(kwc):
+                            cols[r0 + q, base + t] = 0.0
+                    continue
+                for q in range(ow):
+                    w0 = q * stride - pad
+                    r = r0 + q
+                    if w0 >= 0 and w0 + kw <= W:
+                        s0 = w0 * C
+                        for t in range(kwc):
+                            cols[r, base + t] = x3[b, h, s0 + t]
+                    else:
+                        for j in range(kw):
+                            w = w0 + j
+                            if w < 0 or w >= W:
+                                for c in range(C):
+                                    cols[r, base + j * C + c] = 0.0
+                            else:
+                                for c in range(C):
+                                    cols[r, base + j * C + c] = x3[b, h, w * C + c]
+
+
+def _col2im(cols, kh, kw, stride, pad, oh, ow, dx):
+    """cols (B*oh*ow, kh*kw*C) -> dx (B, H, W, C), overwritten: the adjoint of _im2col."""
+    B, H, W, C = dx.shape
+    d3 = dx.reshape(B, H, W * C)
+    kwc = kw * C
+    for b in prange(B):
+        dx[b] = 0.0
+        for p in range(oh):
+            r0 = (b * oh + p) * ow
+            for i in range(kh):
+                h = p * stride - pad + i
+                if h < 0 or h >= H:
+                    continue
+                base = i * kwc
+                for q in range(ow):
+                    w0 = q * stride - pad
+                    r = r0 + q
+                    if w0 >= 0 and w0 + kw <= W:
+                        s0 = w0 * C
+                        for t in range(kwc):
+                            d3[b, h, s0 + t] += cols[r, base + t]
+                    else:
+                        for j in range(kw):
+                            w = w0 + j
+                            if w >= 0 and w < W:
+                                for c in range(C):
+                                    d3[b, h, w * C + c] += cols[r, base + j * C + c]
+
+
+def _maxpool(x, size, stride, oh, ow, out, arg):
+    """Max over size×size windows: out (B, oh, ow, C) and arg, the flat h*W + w of each maximum
+    (the first one in window order on ties, as torch does; NaN wins, so it is never hidden)."""
+    B, W, C = x.shape[0], x.shape[2], x.shape[3]
+    for b in prange(B):
+        for p in range(oh):
+            for q in range(ow):
+                h0 = p * stride
+                w0 = q * stride
+                for c in range(C):
+                    out[b, p, q, c] = x[b, h0, w0, c]
+                    arg[b, p, q, c] = h0 * W + w0
+                for i in range(size):
+                    for j in range(size):
+                        if i == 0 and j == 0:
+                            continue
+                        where = (h0 + i) * W + w0 + j
+                        for c in range(C):
+                            v = x[b, h0 + i, w0 + j, c]
+                            best = out[b, p, q, c]
+                            if v > best or (math.isnan(v) and not math.isnan(best)):
+                                out[b, p, q, c] = v
+                                arg[b, p, q, c] = where
+
+
+def _maxpool_back(g, arg, dx):
+    """Route g (B, oh, ow, C) to the maxima: dx (B, H, W, C), overwritten."""
+    B, oh, ow, C = g.shape
+    W = dx.shape[2]
+    for b in prange(B):
+        dx[b] = 0.0
+        for p in range(oh):
+            for q in range(ow):
+                for c in range(C):
+                    a = arg[b, p, q, c]
+                    dx[b, a // W, a % W, c] += g[b, p, q, c]
+
+
+def _avgpool(x, size, stride, oh, ow, out):
+    """Mean over size×size windows: out (B, oh, ow, C)."""
+    B, C = x.shape[0], x.shape[3]
+    inv = np.float32(1.0 / (size * size))
+    for b in prange(B):
+        for p in range(oh):
+            for q in range(ow):
+                for c in range(C):
+                    out[b, p, q, c] = 0.0
+                for i in range(size):
+                    for j in range(size):
+                        for c in range(C):
+                            out[b, p, q, c] += x[b, p * stride + i, q * stride + j, c]
+                for c in range(C):
+                    out[b, p, q, c] *= inv
+
+
+def _avgpool_back(g, size, stride, dx):
+    """Spread g (B, oh, ow, C) evenly over each window: dx (B, H, W, C), overwritten."""
+    B, oh, ow, C = g.shape
+    inv = np.float32(1.0 / (size * size))
+    for b in prange(B):
+        dx[b] = 0.0
+        for p in range(oh):
+            for q in range(ow):
+                for i in range(size):
+                    for j in range(size):
+                        for c in range(C):
+                            dx[b, p * stride + i, q * stride + j, c] += g[b, p, q, c] * inv
+
+
+im2col_kernel = njit_parallel(_im2col)
+im2col_kernel_serial = njit(serial_twin(_im2col))
+col2im_kernel = njit_parallel(_col2im)
+col2im_kernel_serial = njit(serial_twin(_col2im))
+maxpool_kernel = njit_parallel(_maxpool)
+maxpool_kernel_serial = njit(serial_twin(_maxpool))
+maxpool_back_kernel = njit_parallel(_maxpool_back)
+maxpool_back_kernel_serial = njit(serial_twin(_maxpool_back))
+avgpool_kernel = njit_parallel(_avgpool)
+avgpool_kernel_serial = njit(serial_twin(_avgpool))
+avgpool_back_kernel = njit_parallel(_avgpool_back)
+avgpool_back_kernel_serial = njit(serial_twin(_avgpool_back))
+
+# Below this many output values a parallel launch costs more than it saves (as in crossbar.py).
+PARALLEL_MIN = 1 << 16
