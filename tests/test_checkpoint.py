@@ -143,3 +143,11 @@ def test_missing_and_corrupted_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.save(tmp_path / "no" / "dir" / "run.h5", tr)
     assert issubclass(CheckpointError, XbarError)
+
+
+def test_cnn_and_binary_networks_are_refused_not_saved_wrong(tmp_path):
+    from xbar.checkpoint import CheckpointError, save
+    from xbar.nn import NetworkSpec
+    net = NetworkSpec.preset("lenet5-binary").build(784, 10, np.random.default_rng(0))
+    with pytest.raises(CheckpointError, match="dense layers only"):
+        save(tmp_path / "x.h5", net, {"network": "lenet5-binary"})

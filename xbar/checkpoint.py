@@ -142,6 +142,13 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
     if config is None:
         config = getattr(trainer_or_network, "cfg", None)
     cfg = config.as_dict() if hasattr(config, "as_dict") else dict(config or {})
+    for i, layer in enumerate(net.layers):
+        extra = [what for what, on in (("a convolution", layer.kind != "dense"), ("batch norm", layer.bn),
+                                       ("binary weights", layer.weights != "real"), ("pooling/dropout",
+                                       layer.tail or layer.head)) if on]
+        if extra:
+            raise CheckpointError(f"save: layer {i} has {', '.join(extra)}; this checkpoint format holds "
+                                  "dense layers only so far (CNN and binary networks cannot be saved yet)")
     update = getattr(trainer_or_network, "update", None)
     path = Path(path)
     if not path.parent.is_dir():
