@@ -54,6 +54,8 @@ def test_wheel_ships_presets_and_they_load(tmp_path):
     (wheel,) = wheel_dir.glob("xbar_sim-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "xbar/_presets/devices/agsi.toml" in names
+    assert "xbar/_presets/devices/costs/default-45nm.toml" in names
+    assert "xbar/_presets/experiments/seed-study.toml" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True)
