@@ -75,3 +75,46 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["threads"] = thread_info()
+
+
+# ---- shared by the training-speed benchmarks (module constants: SAMPLES, TORCH_THREADS, ratio_table)
+
+@pytest.fixture(scope="module")
+def fmnist(request):
+    """(X, y, perm): Fashion-MNIST training images and the module's first SAMPLES of a fixed shuffle."""
+    from xbar import data as xdata
+    from xbar.errors import DataError
+
+    try:
+        X, y = xdata.load("fmnist", "train")
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST training files are missing: {str(exc).splitlines()[0]}")
+    perm = np.random.default_rng(0).permutation(len(X))[:request.module.SAMPLES]
+    return X, y, perm
+
+
+@pytest.fixture(scope="module")
+def torch_mod(request):
+    """torch with the module's TORCH_THREADS (if set), restored afterwards."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    threads = getattr(request.module, "TORCH_THREADS", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    yield torch
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def report(request):
+    """Collects (min, median) seconds per (pair, impl); prints the module's ratio_table at the end."""
+    times: dict[tuple[str, str], tuple[float, float]] = {}
+    yield times
+    lines = request.module.ratio_table(times)
+    plugins = request.config.pluginmanager
+    reporter, capman = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if lines and reporter is not None and capman is not None:
+        with capman.global_and_fixture_disabled():   # shown under -q too, not as captured output
+            reporter.write_line("")
+            for line in lines:
+                reporter.write_line(line)

@@ -110,44 +110,6 @@ def torch_epoch(model, Xt, yt, perm_t):
 
 # ---- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fmnist():
-    from xbar import data as xdata
-    from xbar.errors import DataError
-
-    try:
-        X, y = xdata.load("fmnist", "train")
-    except DataError as exc:
-        pytest.skip(f"Fashion-MNIST training files are missing: {str(exc).splitlines()[0]}")
-    perm = np.random.default_rng(0).permutation(len(X))[:SAMPLES]
-    return X, y, perm
-
-
-@pytest.fixture(scope="module")
-def torch_mod():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    if TORCH_THREADS:
-        torch.set_num_threads(int(TORCH_THREADS))
-    yield torch
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def report(request):
-    """Collects (min, median) seconds per (pair, impl) and prints the ratio table at the end."""
-    times: dict[tuple[str, str], tuple[float, float]] = {}
-    yield times
-    lines = ratio_table(times)
-    plugins = request.config.pluginmanager
-    reporter, capman = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    if lines and reporter is not None and capman is not None:
-        with capman.global_and_fixture_disabled():   # shown under -q too, not as captured output
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
-
-
 def ratio_table(times) -> list[str]:
     head = (f"{'pair':<10} {'torch min/med s':>16} {'xbar min/med s':>15} {'ratio min':>9} "
             f"{'ratio med':>9} {'target':>6}")
