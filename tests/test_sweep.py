@@ -235,3 +235,50 @@ def test_report_plots_accuracy_vs_a_swept_device_parameter(tmp_path):
     assert set(df["device_set"]) == {"read_noise_rel=0.0", "read_noise_rel=0.05", "read_noise_rel=0.2"}
     files = [Path(f).name for f in report(str(out), str(tmp_path / "rep"))]
     assert any(f.startswith("accuracy_vs_device.read_noise_rel") for f in files)
+
+
+PRUNE = """
+name = "p"
+command = "prune"
+
+[base]
+network = "digits-mlp"
+dataset = "digits"
+update = "qat"
+bits = 4
+epochs = 3
+rounds = 2
+retrain_epochs = 1
+lr_gamma = 1.0
+
+[grid]
+method = ["magnitude", "l1"]
+sparsity = [0.5]
+"""
+
+
+def test_pruning_sweep_stores_hardware_results_and_shares_pretraining(tmp_path):
+    pytest.importorskip("matplotlib")
+    from xbar.report import report
+    exp = Experiment.load(spec(tmp_path, PRUNE))
+    runs = exp.expand()
+    assert {r.config["method"] for r in runs} == {"magnitude", "l1"} and runs[0].config["command"] == "prune"
+    out = tmp_path / "p.h5"
+    res = run_sweep(exp, out, workers=1, progress=False, print_fn=lambda s: None)
+    assert res["done"] == 2 and res["failed"] == 0
+    df = store.load(out)
+    assert set(df["status"]) == {"ok"} and (df["tiles"] <= df["tiles_before"]).all()
+    assert (df["energy_pj_after"] < df["energy_pj_before"]).all() and df["accuracy_before"].nunique() == 1
+    assert len(list((tmp_path / "p.h5.cache").glob("pretrain-*.h5"))) == 1     # trained once, shared
+    names = [Path(f).name for f in report(str(out), str(tmp_path / "rep"))]
+    assert any(n.startswith("accuracy_vs_tiles") for n in names)
+
+
+@pytest.mark.parametrize("text,match", [
+    (PRUNE.replace('command = "prune"', 'command = "prnue"'), r"command = 'prnue': expected one of 'train', 'prune'"),
+    (PRUNE.replace('command = "prune"\n', ""), r"base\.rounds: a pruning option; set command = \"prune\""),
+    (PRUNE.replace("sparsity = [0.5]", "sparsity = [1.5]"), r"run 1 .*sparsity = 1\.5"),
+])
+def test_bad_pruning_specs(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        Experiment.load(spec(tmp_path, text)).expand()

@@ -244,6 +244,9 @@ def _check_option_keys(table: dict[str, Any], file: str, prefix: str, command: s
             if sub not in dev_fields:
                 raise ConfigError(f"{where_text(file, prefix + k)}: unknown device field{suggest(sub, dev_fields)}; "
                                   f"valid: {', '.join(dev_fields)}")
+        elif k not in fields and command == "train" and k in _prune_fields():
+            raise ConfigError(f"{where_text(file, prefix + k)}: a pruning option; set command = \"prune\" at "
+                              "the top of the spec to sweep `xbar prune` runs")
         elif k not in fields:
             raise ConfigError(f"{where_text(file, prefix + k)}: unknown key{suggest(k, fields)}; valid: "
                               f"{', '.join(fields)}, or device.<field>")
