@@ -166,6 +166,8 @@ def ratio_table(times) -> list[str]:
 
 
 def _record(benchmark, report, group, impl, threads):
+    if benchmark.stats is None:   # --benchmark-disable: ran once as a test, nothing to record
+        return
     st = benchmark.stats.stats
     report[group, impl] = (st.min, st.median)
     torch = sys.modules.get("torch")

@@ -127,6 +127,8 @@ def ratio_table(times) -> list[str]:
 
 
 def _record(benchmark, report, pair, impl, threads):
+    if benchmark.stats is None:   # --benchmark-disable: ran once as a test, nothing to record
+        return
     st = benchmark.stats.stats
     report[pair, impl] = (st.min, st.median)
     torch = sys.modules.get("torch")
