@@ -302,32 +302,10 @@ def apply_masks(trainer, masks: list[np.ndarray]) -> list[int]:
         if layer.crossbar is None:
             continue
         if isinstance(upd, InSituUpdate):
-            _sync_insitu(upd, i, layer, old)
+            upd.apply_mask(i, layer, old)
         else:
             layer.program()
     return changed
-
-
-def _sync_insitu(upd, i: int, layer, old: np.ndarray) -> None:
-    # Reaches into xbar.train.updates (LayerState, _program_stacked, _keep_unchanged, _store):
-    # a public Update.on_mask(net) hook there should replace this function.
-    from .train.updates import _keep_unchanged, _program_stacked
-    st = upd.states[i]
-    n_in = layer.n_in
-    gone = np.zeros(st.prev.shape, bool)
-    gone[:n_in] = old & ~layer.mask
-    xb = layer.crossbar
-    before = xb.conductances()
-    if st.pulsed:
-        layer.program()
-    else:
-        st.k[gone] = np.clip(np.rint((0.0 - st.off) / st.eps), st.k_lo, st.k_hi)
-        _program_stacked(layer, st.off + st.k * st.eps)
-    _keep_unchanged(xb, before, gone)
-    if st.chi is not None:
-        st.chi[gone] = 0.0
-    upd._store(layer, st)
-    layer.W *= layer.mask
 
 
 # ---- scores ---------------------------------------------------------------------------------------

@@ -425,6 +425,25 @@ class InSituUpdate(Update):
         """Signed device steps (float64 integers) for the update delta of one layer."""
         raise NotImplementedError
 
+    def apply_mask(self, i: int, layer, old: np.ndarray) -> None:
+        """Layer i just lost the weights in `old & ~layer.mask` (pruning): write those cells to
+        weight 0, clear their accumulators, and leave every other cell's conductance as it is."""
+        st = self.states[i]
+        gone = np.zeros(st.prev.shape, bool)
+        gone[:layer.n_in] = old & ~layer.mask
+        xb = layer.crossbar
+        before = xb.conductances()
+        if st.pulsed:
+            layer.program()
+        else:
+            st.k[gone] = np.clip(np.rint((0.0 - st.off) / st.eps), st.k_lo, st.k_hi)
+            _program_stacked(layer, st.off + st.k * st.eps)
+        _keep_unchanged(xb, before, gone)
+        if st.chi is not None:
+            st.chi[gone] = 0.0
+        self._store(layer, st)
+        layer.W *= layer.mask
+
     def after_step(self, net, feedback):
         self.counters["steps"] += 1
         for layer, st in zip(net.layers, self.states):
