@@ -422,7 +422,7 @@ class Pruner:
     """Applies one method to a trainer's network, round by round; holds scores, costs and data."""
 
     def __init__(self, trainer, pcfg: PruneConfig, data):
-        from .train.loop import _stream
+        from .train.loop import stream as _stream
         self.tr, self.p, self.net = trainer, pcfg, trainer.net
         self.Xtr, self.ytr, self.Xte, self.yte = data
         self.cfg = trainer.cfg
@@ -755,7 +755,8 @@ def _calibrate(trainer, X):
 def _trainer_from_run(path: str, cfg, n_in: int, n_classes: int):
     """A Trainer for `cfg` with the weights, biases and masks of a saved run."""
     from .checkpoint import load
-    from .train.loop import Trainer, _int_seed
+    from .train.loop import Trainer
+    from .train.loop import int_seed as _int_seed
     run = load(path)
     src = run.network().layers
     tr = Trainer(cfg, n_in, n_classes)

@@ -280,12 +280,18 @@ class TrainConfig:
                            adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale)
 
 
-def _stream(seed: int, k: int) -> np.random.Generator:
+def stream(seed: int, k: int) -> np.random.Generator:
+    """Random stream k of a run's seed (see the module docstring for which k is what; tools
+    built on a run, such as pruning, take k >= 100)."""
     return np.random.default_rng(np.random.SeedSequence([seed, k]))
 
 
-def _int_seed(seed: int, k: int) -> int:
+def int_seed(seed: int, k: int) -> int:
+    """An integer seed derived from stream k of a run's seed (crossbars take integers)."""
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+_stream, _int_seed = stream, int_seed
 
 
 def evaluate(net: Network, X: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
