@@ -17,9 +17,22 @@ from .errors import ConfigError, DataError, NonFiniteError, ShapeError, XbarErro
 __all__ = ["ConfigError", "Crossbar", "DataError", "Device", "NonFiniteError", "ShapeError", "XbarError", "__version__"]
 
 
+# Submodules reachable as `xbar.<name>` after a plain `import xbar` (README: `xbar.store.load`),
+# imported on first use: several pull in numba, h5py or matplotlib.
+SUBMODULES = ("baseline", "checkpoint", "config", "conv", "cost", "crossbar", "data", "device", "errors",
+              "mapping", "nn", "paths", "prune", "report", "store", "sweep", "train")
+
+
 def __getattr__(name):
     # Crossbar pulls in numba; import it lazily so `import xbar` stays cheap for config work.
     if name == "Crossbar":
         from .crossbar import Crossbar
         return Crossbar
+    if name in SUBMODULES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'xbar' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(SUBMODULES))

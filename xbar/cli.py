@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
 import sys
 
 import numpy as np
 
 from . import __version__
 from ._runtime import tune_allocator
-from .errors import XbarError
+from .errors import UsageError, XbarError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one UsageError line, not a usage dump."""
+
+    def error(self, message):
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)   # stays one line
+        command = self.prog.removeprefix("xbar").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see `{self.prog} --help`)")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows '(default: X)' for options whose default means something (not None, not False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default:" in text or default is None or default is False
+                or default == argparse.SUPPRESS
+                or not action.option_strings or isinstance(default, list) and not default):
+            return text
+        shown = "x".join(map(str, default)) if isinstance(default, tuple) else "%(default)s"
+        return f"{text} (default: {shown})"
 
 
 def _device(name_or_path: str, bits: int | None = None):
@@ -20,11 +45,22 @@ def _device(name_or_path: str, bits: int | None = None):
 
 
 def _tile(text: str) -> tuple[int, int]:
+    from .train.loop import parse_tile
     try:
-        r, c = text.lower().split("x")
-        return int(r), int(c)
+        return parse_tile(text)
+    except XbarError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--tile {text!r}: expected ROWSxCOLS, e.g. 64x64") from None
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1, the number of local worker "
+                                         "processes (omit for one per core)")
+    return n
 
 
 # ---- xbar devices ---------------------------------------------------------------------------------
@@ -69,6 +105,9 @@ def cmd_mvm_demo(args) -> int:
     from .crossbar import Crossbar
     from .data import load
     from .device import Device
+    from .nn import check_fits, crossbar_bytes
+    check_fits(crossbar_bytes(64, 32, args.tile), f"--tile {args.tile[0]}x{args.tile[1]}",
+               "use a smaller tile, e.g. 64x64")
     X, _ = load("digits", "test")
     rng = np.random.default_rng(args.seed)
     W = (rng.standard_normal((X.shape[1], 32)) / np.sqrt(X.shape[1])).astype(np.float32)
@@ -111,21 +150,64 @@ def cmd_data(args) -> int:
 # ---- xbar train / baseline / demo ------------------------------------------------------------------
 
 def _add_config_options(parser: argparse.ArgumentParser, fields) -> None:
-    """One --option per config field, generated from the same Field specs that validate configs."""
+    """One --option per config field, generated from the same Field specs that validate configs.
+
+    Values are only converted here (text to number); the Field checks them, so a bad value gets
+    the same message (field, valid range) as in a TOML file. Help shows each field's default.
+    """
+    from .train.loop import FIELDS as TRAIN_FIELDS
+    resolved = _train_default_texts()
     for f in fields:
         flag = "--" + f.name.replace("_", "-")
-        kw: dict = {"dest": f.name, "default": None, "help": f.doc + (f" [{f.range_text()}]" if f.kind != "str"
-                                                                        or f.choices else "")}
+        text = f.doc + (f" [{f.range_text()}]" if f.kind != "str" or f.choices else "")
+        if f in TRAIN_FIELDS and f.name in resolved:
+            text += f" (default: {resolved[f.name]})"
+        elif f.default is not None and "default" not in f.doc:
+            text += f" (default: {_show(f.default)})"
+        kw: dict = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}
         if f.kind == "bool":
             kw["type"] = _bool
             kw["metavar"] = "true|false"
-        elif f.kind == "int":
-            kw["type"] = int
-        elif f.kind == "float":
-            kw["type"] = float
+        elif f.kind in ("int", "float"):
+            kw["type"] = _number
+            kw["metavar"] = f.name.upper()
         if f.choices:
             kw["metavar"] = "{" + ",".join(f.choices) + "}"
         parser.add_argument(flag, **kw)
+
+
+def _number(text: str):
+    """'3' -> 3, '0.5' / 'inf' -> float, anything else stays text for the Field to refuse."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _train_default_texts() -> dict[str, str]:
+    """Field -> the default `resolve()` fills in, per update scheme where they differ."""
+    from .train.loop import BASE_DEFAULTS, UPDATE_DEFAULTS
+    out = {}
+    keys = dict.fromkeys([*BASE_DEFAULTS, *(k for d in UPDATE_DEFAULTS.values() for k in d)])
+    for k in keys:
+        groups: dict[str, list[str]] = {}
+        for update, d in UPDATE_DEFAULTS.items():
+            groups.setdefault(_show(d.get(k, BASE_DEFAULTS.get(k))), []).append(update)
+        if len(groups) == 1:
+            out[k] = next(iter(groups))
+        else:
+            out[k] = "by --update: " + "; ".join(f"{'/'.join(us)} {v}" for v, us in groups.items())
+    return out
 
 
 def _bool(text: str) -> bool:
@@ -138,6 +220,24 @@ def _bool(text: str) -> bool:
 
 def _config_from_args(args, fields) -> dict:
     return {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+
+
+def train_config(args):
+    """The resolved TrainConfig of parsed `xbar train` arguments (validated; nothing is trained)."""
+    from .train import TrainConfig
+    from .train.loop import FIELDS
+    return TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
+
+
+def parse_train_config(argv: list[str]):
+    """argv (without 'xbar train') -> the resolved TrainConfig, as `xbar train` would run it (and
+    its --out checked); nothing is trained. A bad command line raises an XbarError (UsageError,
+    ConfigError); only --help exits (SystemExit 0)."""
+    args = _train_parser().parse_args(_join_dash_values(list(argv)))
+    if args.out is not None:
+        from .paths import check_output_path
+        check_output_path(args.out, "--out")
+    return train_config(args)
 
 
 class _Progress:
@@ -156,12 +256,26 @@ class _Progress:
               f"loss {entry['loss']:.4f}  {entry['seconds']:.2f}s", file=sys.stderr, flush=True)
 
 
+def _hardware_text(cfg: dict) -> str:
+    """'update qat, device rram-4bit (1-bit)' or 'update float (no device)'."""
+    update = cfg.get("update")
+    if update in (None, "float") or not cfg.get("device"):
+        return f"update {update or 'float'} (no device)"
+    try:
+        from .train import TrainConfig
+        levels = TrainConfig.from_dict({k: cfg[k] for k in ("device", "device_set", "bits") if cfg.get(k)
+                                        is not None}).device_obj().summary()
+    except XbarError:
+        levels = f"{cfg['bits']}-bit" if cfg.get("bits") else "its own levels"
+    return f"update {update}, device {cfg['device']} ({levels})"
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, default=_json_default))
         return
     cfg = result["config"]
-    print(f"{cfg.get('network')} on {cfg.get('dataset')}: status {result['status']}"
+    print(f"{cfg.get('network')} on {cfg.get('dataset')}, {_hardware_text(cfg)}: status {result['status']}"
           + (f" ({result['message']})" if result.get("message") else ""))
     if result.get("test_accuracy") is not None:
         print(f"test accuracy {result['test_accuracy']:.2f}%  train accuracy "
@@ -180,9 +294,16 @@ def _json_default(o):
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
-    from .train.loop import FIELDS
-    cfg = TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
+    from .train import train
+    if args.out is not None:
+        from .paths import check_output_path
+        check_output_path(args.out, "--out")   # before an hour of training, not after
+    cfg = train_config(args)
+    if args.update is None and cfg.update != "float" and not (args.json or args.quiet):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k in ("device", "device_set", "bits")
+                          if getattr(args, k) is not None)
+        print(f"note: {given} without --update: training on the device with update {cfg.update!r} "
+              "(--update float trains without one)", file=sys.stderr)
     result = train(cfg, on_epoch=_Progress(cfg.epochs, args.json or args.quiet), keep_trainer=bool(args.out))
     if args.out:
         from .checkpoint import save
@@ -220,6 +341,9 @@ def cmd_sweep(args) -> int:
     from .sweep import Experiment, parse_only, run_sweep
     exp = Experiment.load(args.spec)
     out = args.out or f"results/{exp.name}.h5"
+    if not args.dry_run:
+        from .paths import check_output_path
+        check_output_path(out, "--out", create_parents=True)
     summary = run_sweep(exp, out, workers=args.workers, cluster=args.cluster, only=parse_only(args.only),
                         force=args.force, dry_run=args.dry_run, retry_failed=args.retry_failed,
                         progress=not args.quiet)
@@ -227,7 +351,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .paths import check_output_path
     from .report import compare, report
+    check_output_path(args.out or ("report-compare" if args.compare else "report"), "--out", kind="folder",
+                      create_parents=True)
     if args.compare:
         if len(args.stores) != 2:
             raise XbarError("--compare takes exactly two stores: xbar report A.h5 B.h5 --compare")
@@ -270,46 +397,63 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_train_options(t: argparse.ArgumentParser, out: bool) -> argparse.ArgumentParser:
+    from .train.loop import FIELDS as TRAIN_FIELDS
+    _add_config_options(t, TRAIN_FIELDS)
+    t.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    if out:
+        t.add_argument("--out", default=None, help="save the trained network and device state (.h5)")
+    return t
+
+
+@functools.lru_cache(maxsize=1)
+def _train_parser() -> argparse.ArgumentParser:
+    """`xbar train` alone (for parse_train_config: the full parser imports every command)."""
+    return _add_train_options(_Parser(prog="xbar train", formatter_class=_HelpFormatter), out=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xbar", description="Memristor crossbar simulator for neural networks")
+    p = _Parser(prog="xbar", description="Memristor crossbar simulator for neural networks",
+                formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"xbar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("devices", help="list device presets, or show one in full")
-    d.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    d.add_argument("name", nargs="?")
+    def command(name, **kw):
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    d = command("devices", help="list device presets, or show one in full")
+    d.add_argument("action", nargs="?", choices=["list", "show"], default="list",
+                   help="list: one line per preset; show: every field of one (default: list)")
+    d.add_argument("name", nargs="?", help="preset name or path to a device .toml (for show)")
     d.set_defaults(func=cmd_devices)
 
-    m = sub.add_parser("mvm-demo", help="program a layer on every preset and report the MVM error")
-    m.add_argument("--bits", type=int, default=None, help="override every preset's bits")
-    m.add_argument("--tile", type=_tile, default=(64, 64))
-    m.add_argument("--adc-bits", type=int, default=8)
-    m.add_argument("--dac-bits", type=int, default=8)
-    m.add_argument("--seed", type=int, default=0)
+    m = command("mvm-demo", help="program a layer on every preset and report the MVM error")
+    m.add_argument("--bits", type=int, default=None, help="override every preset's bits (1-8)")
+    m.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="devices per crossbar tile")
+    m.add_argument("--adc-bits", type=int, default=8, help="ADC resolution per tile output (2-16)")
+    m.add_argument("--dac-bits", type=int, default=8, help="input DAC resolution (2-16)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the weights and the devices")
     m.set_defaults(func=cmd_mvm_demo)
 
-    from .train.loop import FIELDS as TRAIN_FIELDS
     for name, func, text in (("train", cmd_train, "train a network on the simulated crossbar"),
                              ("baseline", cmd_baseline, "train the same network in float torch")):
-        t = sub.add_parser(name, help=text)
-        _add_config_options(t, TRAIN_FIELDS)
-        t.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-        t.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-        if name == "train":
-            t.add_argument("--out", default=None, help="save the trained network and device state (.h5)")
-        t.set_defaults(func=func)
+        _add_train_options(command(name, help=text), out=name == "train")
+        sub.choices[name].set_defaults(func=func)
 
-    e = sub.add_parser("eval", help="re-evaluate a saved run, optionally after drift")
-    e.add_argument("run")
-    e.add_argument("--at", type=float, default=None, help="seconds after programming (drift)")
+    e = command("eval", help="re-evaluate a saved run, optionally after drift")
+    e.add_argument("run", help="a run saved with xbar train --out (.h5)")
+    e.add_argument("--at", type=float, default=None, help="seconds after programming (drift; default: "
+                   "as programmed)")
     e.add_argument("--compensate", action="store_true", help="global drift compensation")
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--data-dir", default=None, help="folder searched first for the dataset files")
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     e.set_defaults(func=cmd_eval)
 
-    sw = sub.add_parser("sweep", help="run an experiment grid (experiments/*.toml) into one HDF5 store")
+    sw = command("sweep", help="run an experiment grid (experiments/*.toml) into one HDF5 store")
     sw.add_argument("spec", help="experiment preset name or path to a .toml spec")
-    sw.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    sw.add_argument("--workers", type=_workers, default=None,
+                    help="local worker processes, >= 1 (default: one per core)")
     sw.add_argument("--cluster", default=None, metavar="ADDRESS",
                     help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of local processes")
     sw.add_argument("--out", default=None, help="store file (default: results/<spec name>.h5)")
@@ -321,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress line")
     sw.set_defaults(func=cmd_sweep)
 
-    rp = sub.add_parser("report", help="figures and tables from a sweep store")
+    rp = command("report", help="figures and tables from a sweep store")
     rp.add_argument("stores", nargs="+", help="store file(s); two with --compare")
     rp.add_argument("--out", default=None, help="output folder (default: report/)")
     rp.add_argument("--compare", action="store_true", help="two stores side by side")
@@ -331,28 +475,44 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_cli(sub)
     prune.add_cli(sub)
 
-    dm = sub.add_parser("demo", help="digits on a 3-bit crossbar: float vs nearest vs stochastic vs qat")
-    dm.add_argument("--device", default="ideal")
-    dm.add_argument("--bits", type=int, default=3)
-    dm.add_argument("--epochs", type=int, default=30)
-    dm.add_argument("--adc-bits", type=int, default=8)
-    dm.add_argument("--seed", type=int, default=1)
+    dm = command("demo", help="digits on a 3-bit crossbar: float vs nearest vs stochastic vs qat")
+    dm.add_argument("--device", default="ideal", help="device preset or path to a .toml")
+    dm.add_argument("--bits", type=int, default=3, help="device levels: 2**bits (1-8)")
+    dm.add_argument("--epochs", type=int, default=30, help="passes over the training set per scheme")
+    dm.add_argument("--adc-bits", type=int, default=8, help="ADC resolution per tile output (2-16)")
+    dm.add_argument("--seed", type=int, default=1, help="seed of init, shuffling and devices")
     dm.set_defaults(func=cmd_demo)
 
-    da = sub.add_parser("data", help="fetch or inspect datasets")
-    da.add_argument("action", choices=["fetch", "info"])
-    da.add_argument("name")
-    da.add_argument("--split", default="test")
-    da.add_argument("--data-dir", default=None)
+    from .data import DATASETS, SPLITS
+    da = command("data", help="fetch or inspect datasets")
+    da.add_argument("action", choices=["fetch", "info"], help="fetch: download and check the files; info: "
+                    "shape, classes and value range of one split")
+    da.add_argument("name", choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}", help="dataset")
+    da.add_argument("--split", default="test", choices=SPLITS, help="split shown by info")
+    da.add_argument("--data-dir", default=None, help="fetch: where to put the files (default: $XBAR_DATA, "
+                    "else ~/.cache/xbar); info: folder searched first")
     da.set_defaults(func=cmd_data)
     return p
 
 
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """['--tile', '-64x64'] -> ['--tile=-64x64']: argparse takes a value that starts with '-' (other
+    than a plain negative number) for an option, and would answer 'expected one argument'."""
+    out: list[str] = []
+    for a in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1] and re.match(r"-[\d.]", a)):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    tune_allocator()
+    argv = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        tune_allocator()
         return args.func(args)
     except XbarError as exc:
         print(f"xbar: error: {exc}", file=sys.stderr)

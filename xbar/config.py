@@ -113,11 +113,15 @@ def _check_number(field: Field, value: Any, loc: str, kind: str):
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_np_number(value):
         raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
     if kind == "int":
-        if float(value) != int(value):
+        # inf/nan have no integer value (int() would raise), and 2.5 is not an integer
+        if not isinstance(value, int) and not (math.isfinite(float(value)) and float(value).is_integer()):
             raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
         value = int(value)
     else:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an integer beyond float range, e.g. 10**400
+            raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}") from None
         if not math.isfinite(value):
             raise ConfigError(f"{loc} = {value!r}: expected {field.range_text()}")
     lo, hi = field.lo, field.hi
@@ -147,7 +151,8 @@ def check_keys(data: Mapping[str, Any], known: Iterable[str], *, file=None, pref
     known = list(known)
     for key in data:
         if key not in known:
-            loc = where_text(file, f"{prefix}{key}")
+            shown = key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+            loc = where_text(file, f"{prefix}{shown}")
             raise ConfigError(f"{loc}: unknown key{suggest(key, known)}; valid keys: {', '.join(known)}")
 
 
@@ -173,13 +178,23 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     try:
         with open(p, "rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
     except IsADirectoryError:
         raise ConfigError(f"{p}: is a directory, expected a .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}, line {line}); TOML files must be "
+                          "saved as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
 
 
 def search_dirs(kind: str) -> list[Path]:
@@ -215,7 +230,10 @@ def find_preset(kind: str, name: str) -> Path:
     if p.suffix == ".toml" or os.sep in name or "/" in name:
         if p.is_file():
             return p
-        raise ConfigError(f"{kind[:-1]} file {name!r} not found")
+        hint = ""
+        if p.stem in preset_names(kind):
+            hint = f"; the preset name {p.stem!r} works from any folder"
+        raise ConfigError(f"{kind[:-1]} file {name!r} not found (relative to {Path.cwd()}){hint}")
     for d in search_dirs(kind):
         f = d / f"{name}.toml"
         if f.is_file():

@@ -1,9 +1,10 @@
 """Datasets as flat float32 arrays: MNIST, Fashion-MNIST, CIFAR-10 and sklearn's digits.
 
 Everything is read from the standard distribution files (IDX for the MNIST family, the python
-pickle batches for CIFAR-10) with numpy alone, so xbar needs neither torch nor torchvision.
-Preprocessing defaults to the seed study's (DOMAIN.md §1): MNIST is normalised with mean 0.1307
-and std 0.3081, Fashion-MNIST only scaled to [0, 1].
+pickle batches for CIFAR-10, unpickled without running code) with numpy alone, so xbar needs
+neither torch nor torchvision. Preprocessing defaults to the seed study's (the Granada bachelor's
+thesis of 2022 behind experiments/seed-study.toml): MNIST is normalised with mean 0.1307 and std
+0.3081, Fashion-MNIST only scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,9 @@ _SOURCES = {
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
-    "fmnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+    # The S3 website endpoint the Fashion-MNIST README names serves plain http only; the same
+    # files (same MD5 sums) come over https from the dataset's repository.
+    "fmnist": ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/", {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
@@ -90,8 +94,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read IDX file: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a flipped bit
+        raise DataError(f"{path}: cannot read IDX file (corrupt or truncated; fetch it again): "
+                        f"{exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -121,6 +126,33 @@ def _search_roots(data_dir) -> list[Path]:
     return roots
 
 
+def _absent_roots(data_dir, *, env: bool = True) -> list[str]:
+    """The folders the user named (data_dir, $XBAR_DATA) that are not folders, as message parts."""
+    out = []
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        out.append(f"--data-dir {data_dir}")
+    if env and os.environ.get("XBAR_DATA") and not Path(os.environ["XBAR_DATA"]).expanduser().is_dir():
+        out.append(f"XBAR_DATA={os.environ['XBAR_DATA']}")
+    return out
+
+
+def _check_roots(data_dir, found_in: Path | None = None, *, env: bool = True) -> None:
+    """A folder the user named must exist: never fall back silently to another copy of the data.
+
+    found_in: where the files were found; a missing $XBAR_DATA does not matter when they were
+    found under data_dir, which is searched first.
+    """
+    if found_in is not None and data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if found_in == root or root in found_in.parents:
+            return
+    absent = _absent_roots(data_dir, env=env)
+    if absent:
+        where = f"; the files in {found_in} were not used" if found_in is not None else ""
+        raise DataError(f"{' and '.join(absent)}: no such folder{where}. Fix the path, or leave it "
+                        "unset to use the default folders")
+
+
 def _candidate_dirs(name: str, data_dir) -> list[Path]:
     # Name-specific folders come before the flat one, so a flat folder of MNIST files is never
     # mistaken for Fashion-MNIST when both datasets live under the same root.
@@ -135,9 +167,12 @@ def _candidate_dirs(name: str, data_dir) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def _missing(name: str, split: str, wanted: str, dirs: list[Path]) -> DataError:
+def _missing(name: str, split: str, wanted: str, dirs: list[Path], data_dir=None) -> DataError:
     places = "\n".join(f"  {d}" for d in dirs)
     env = "" if os.environ.get("XBAR_DATA") else "($XBAR_DATA is not set.)\n"
+    absent = _absent_roots(data_dir)
+    if absent:
+        env += f"({' and '.join(absent)}: no such folder.)\n"
     how = (f"To get them: run `xbar data fetch {name}` when online, or copy the standard files into a "
            f"folder and pass --data-dir FOLDER (or set XBAR_DATA=FOLDER).")
     if name == "fmnist":
@@ -152,11 +187,12 @@ def _load_idx_pair(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndar
         found = [next((d / (s + ext) for ext in (".gz", "") if (d / (s + ext)).is_file()), None)
                  for s in stems]
         if all(found):
+            _check_roots(data_dir, d)
             images, labels = read_idx(found[0]), read_idx(found[1])
             if images.shape[1:] != _SHAPES[name][1:] or labels.shape != images.shape[:1]:
                 raise DataError(f"{d}: {name} files disagree: images {images.shape}, labels {labels.shape}")
             return images.reshape(len(images), -1), labels
-    raise _missing(name, split, " and ".join(f"{s}[.gz]" for s in stems), dirs)
+    raise _missing(name, split, " and ".join(f"{s}[.gz]" for s in stems), dirs, data_dir)
 
 
 def _load_cifar(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -165,16 +201,20 @@ def _load_cifar(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     for d in dirs:
         if not all((d / b).is_file() for b in batches):
             continue
+        _check_roots(data_dir, d)
         xs, ys = [], []
         for b in batches:
             try:
                 with open(d / b, "rb") as fh:
-                    # Pickle runs code from the file: only load batches you downloaded yourself.
-                    batch = pickle.load(fh, encoding="bytes")
+                    batch = _ArrayUnpickler(fh, encoding="bytes").load()
                 x = np.asarray(batch[b"data"], dtype=np.uint8)
                 y = np.asarray(batch[b"labels"], dtype=np.int64)
-            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
-                    IndexError, KeyError, TypeError, ValueError) as exc:  # what a bad pickle raises
+            except _Refused as exc:
+                raise DataError(f"{d / b}: refused to unpickle {exc} (a CIFAR-10 batch holds only "
+                                "arrays, lists and bytes; this file is not one, or was tampered with)") from None
+            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError,
+                    KeyError, TypeError, ValueError, MemoryError, OverflowError, RecursionError,
+                    UnicodeDecodeError, zlib.error) as exc:  # what a bad pickle raises
                 raise DataError(f"{d / b}: not a CIFAR-10 python batch: {exc!r}") from None
             if x.ndim != 2 or x.shape[1] != 3072 or y.shape != (len(x),):
                 raise DataError(f"{d / b}: CIFAR-10 batch has data {x.shape} and labels {y.shape}, "
@@ -183,7 +223,50 @@ def _load_cifar(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
             ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
     wanted = ", ".join(batches) if len(batches) == 1 else f"{batches[0]}..{batches[-1]}"
-    raise _missing("cifar10", split, f"{_CIFAR_DIR}/{wanted}", dirs)
+    raise _missing("cifar10", split, f"{_CIFAR_DIR}/{wanted}", dirs, data_dir)
+
+
+class _Refused(Exception):
+    """A pickle asked for a callable outside the allow-list."""
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only callables a pickled numpy array needs, under every module name numpy has used."""
+    core = getattr(np, "_core", None) or np.core
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for mod in ("numpy.core", "numpy._core"):
+        out[(f"{mod}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        out[(f"{mod}.multiarray", "scalar")] = core.multiarray.scalar
+        out[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    out[("_codecs", "encode")] = _latin1_encode   # how Python 3 protocol 2 pickles store bytes
+    return out
+
+
+def _latin1_encode(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays, and nothing that runs code.
+
+    Plain pickle.load calls whatever a file names (os.system included), and a sweep spec can point
+    data_dir anywhere; CIFAR-10's python batches need only numpy's array reconstruction.
+    """
+
+    _allowed: dict[tuple[str, str], object] | None = None
+
+    def find_class(self, module: str, name: str):
+        if _ArrayUnpickler._allowed is None:
+            _ArrayUnpickler._allowed = _numpy_globals()
+        try:
+            return _ArrayUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise _Refused(f"global {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise _Refused("a persistent id")
 
 
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +292,8 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
     _check_choice("dataset", name, DATASETS)
     _check_choice("split", split, SPLITS)
     _check_choice("preprocess", preprocess, PREPROCESS)
+    if data_dir is not None:
+        _check_roots(data_dir, env=False)   # a folder given explicitly must exist, for every dataset
     if name == "digits":
         raw, y = _load_digits(split)
         scale = np.float32(16)

@@ -18,14 +18,21 @@ from .config import Field, find_preset, load_toml, preset_names, validate_fields
 from .errors import ConfigError
 
 READ_NOISE_KINDS = ("multiplicative", "additive")
+# 1 S: far above any memristor (tens of µS to a few mS), and small enough that currents and read
+# variances, (window x rows)^2, stay inside float32.
+G_LIMIT_US = 1e6
+# What a user's device file must say itself (shipped presets say it too): the window sets every
+# current and noise scale, and the source is what makes the numbers checkable.
+REQUIRED_IN_FILES = ("g_min_us", "g_max_us", "source")
 
 # One list of fields: TOML keys, `with_` keywords and `xbar devices show` all come from here.
 FIELDS: tuple[Field, ...] = (
     Field("name", "str", "custom", "Preset name."),
     Field("source", "str", "", "Citation for the parameters (paper, table)."),
     Field("description", "str", "", "One line shown by `xbar devices`."),
-    Field("g_min_us", "float", 0.0, "Lowest programmable conductance.", lo=0.0, unit="µS"),
-    Field("g_max_us", "float", 1.0, "Highest programmable conductance.", lo=0.0, lo_open=True, unit="µS"),
+    Field("g_min_us", "float", 0.0, "Lowest programmable conductance.", lo=0.0, hi=G_LIMIT_US, unit="µS"),
+    Field("g_max_us", "float", 1.0, "Highest programmable conductance.", lo=0.0, lo_open=True, hi=G_LIMIT_US,
+          unit="µS"),
     Field("bits", "int", None, "2**bits evenly spaced levels in [g_min_us, g_max_us]; omit for analog.",
           lo=1, hi=8, optional=True),
     Field("levels_us", "floats", None, "Measured conductance levels (need not be uniform).",
@@ -100,7 +107,15 @@ class Device:
         """Load a device from a TOML file (top-level keys are the fields of :data:`FIELDS`)."""
         data = load_toml(path)
         data.setdefault("name", Path(path).stem)
-        return cls.from_dict(data, file=str(path))
+        dev = cls.from_dict(data, file=str(path))   # unknown keys and bad values first
+        missing = [k for k in REQUIRED_IN_FILES if k not in data]
+        if missing or not dev.source.strip():
+            missing = missing or ["source"]
+            raise ConfigError(f"{where_text(str(path), missing[0])} is required in a device file "
+                              f"(missing: {', '.join(missing)}): give the conductance window g_min_us and "
+                              "g_max_us in µS and a source = \"...\" citation (paper, table, or "
+                              "\"illustrative\")")
+        return dev
 
     @classmethod
     def preset(cls, name: str) -> Device:

@@ -14,6 +14,11 @@ class ConfigError(XbarError, ValueError):
     """
 
 
+class UsageError(ConfigError):
+    """A command line that cannot be parsed (unknown option, missing value): one line, not argparse's
+    usage dump."""
+
+
 class ShapeError(XbarError, ValueError):
     """An array has the wrong shape, dtype or contents (NaN/inf)."""
 

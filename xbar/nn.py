@@ -33,6 +33,7 @@ of classes (and, for MLPs, its input size) come from the dataset.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,6 +551,7 @@ class Network:
 # ---- network specs (networks/*.toml) --------------------------------------------------------------
 
 CROSSBAR_KINDS = ("dense", "conv")
+MAX_UNITS = 1_000_000   # per layer; what the whole network may take is checked against memory
 SPEC_FIELDS: tuple[Field, ...] = (
     Field("name", "str", "custom", "Preset name."),
     Field("source", "str", "", "Citation: where the architecture comes from."),
@@ -587,8 +589,8 @@ _POOL: tuple[Field, ...] = (
     Field("pre_activation", "bool", False, "Pool the conv layer's outputs before its batch norm and "
           "activation (BNN's conv -> pool -> BN -> sign), not after."))
 LAYER_FIELDS: dict[str, tuple[Field, ...]] = {
-    "dense": (_KIND, Field("units", "int", None, "Output width.", lo=1, hi=1_000_000)) + _CROSSBAR_OPTIONS,
-    "conv": (_KIND, Field("filters", "int", None, "Output channels.", lo=1, hi=1_000_000),
+    "dense": (_KIND, Field("units", "int", None, "Output width.", lo=1, hi=MAX_UNITS)) + _CROSSBAR_OPTIONS,
+    "conv": (_KIND, Field("filters", "int", None, "Output channels.", lo=1, hi=MAX_UNITS),
              Field("kernel", "int", None, "Square kernel size k (k×k).", lo=1, hi=1024),
              Field("stride", "int", 1, "Stride.", lo=1, hi=1024),
              Field("padding", "int", 0, "Zero padding on every side.", lo=0, hi=1024),
@@ -692,9 +694,9 @@ class NetworkSpec:
                 raise ConfigError(f"{where_text(file, 'hidden')} = {hidden!r}: expected a list of "
                                   "integers >= 1, e.g. [100, 100] (or [] for none)")
             for i, h in enumerate(hidden):
-                if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+                if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= MAX_UNITS:
                     raise ConfigError(f"{where_text(file, f'hidden[{i}]')} = {h!r}: expected an "
-                                      "integer >= 1")
+                                      f"integer in [1, {MAX_UNITS}]")
                 layers.append(LayerSpec("dense", h, **defaults))
         else:
             tables = data["layers"]
@@ -824,9 +826,52 @@ class NetworkSpec:
             out.append(math.prod(shapes[-1]))
         return out + [n_classes]
 
+    def crossbar_shapes(self, n_in: int, n_classes: int) -> list[tuple[int, int, int]]:
+        """(rows, cols, positions) of every crossbar layer's W, output layer last: rows = inputs
+        (k·k·C for a convolution), positions = output positions per sample (1 for dense)."""
+        shapes = self._check_input(n_in)
+        out = []
+        for ls, shape in zip(self.layers, shapes):
+            if ls.kind == "dense":
+                out.append((int(shape[0]), ls.units, 1))
+            elif ls.kind == "conv":
+                C, H, W = shape
+                k, st, pd = ls.kernel, ls.stride, ls.padding
+                out.append((C * k * k, ls.units, ((H + 2 * pd - k) // st + 1) * ((W + 2 * pd - k) // st + 1)))
+        n_last = n_in if shapes[-1] is None else math.prod(shapes[-1])
+        return out + [(int(n_last), int(n_classes), 1)]
+
+    def memory_bytes(self, n_in: int, n_classes: int, tile: tuple[int, int] | None = None,
+                     batch_size: int = 64) -> tuple[int, tuple[int, int]]:
+        """(rough bytes a training run needs, (rows, cols) of the largest layer).
+
+        tile None: weights in digital memory only (update "float"); else crossbars of that tile
+        size, whose per-tile arrays are padded to whole tiles.
+        """
+        total, largest = 0, (0, 0)
+        for rows, cols, pos in self.crossbar_shapes(n_in, n_classes):
+            rows += 1   # a bias row (in-situ schemes put the bias on the array)
+            # W, its gradient, two optimizer moments (float32) and float64 copies during updates
+            total += 32 * rows * cols
+            if tile is not None:
+                total += crossbar_bytes(rows, cols, tile)
+            # im2col rows, outputs and their derivatives for one batch (float32)
+            total += 4 * batch_size * pos * (2 * rows + 4 * cols)
+            largest = max(largest, (rows - 1, cols), key=lambda rc: rc[0] * rc[1])
+        return total, largest
+
+    def check_memory(self, n_in: int, n_classes: int, tile: tuple[int, int] | None = None,
+                     batch_size: int = 64, what: str = "") -> None:
+        """Refuse (ConfigError) a network whose arrays would not fit in this machine's memory."""
+        need, (rows, cols) = self.memory_bytes(n_in, n_classes, tile, batch_size)
+        check_fits(need, f"network {self.name!r}" + (f" with tile {tile[0]}x{tile[1]}" if tile else "")
+                   + (f" {what}" if what else "") + f" (largest layer {rows}x{cols})",
+                   "use fewer units" + (", a smaller tile" if tile else "") + " or a smaller batch")
+
     def build(self, n_in: int, n_classes: int, rng: np.random.Generator) -> Network:
         """Instantiate the layers (weights drawn from `rng`, layer by layer, W before b)."""
         shapes = self._check_input(n_in)
+        self.check_memory(n_in, n_classes, batch_size=1)
         layers: list[CrossbarLayer] = []
         for ls, shape in zip(self.layers, shapes):
             bn = None
@@ -853,6 +898,38 @@ class NetworkSpec:
         layers.append(Dense(n_last, n_classes, "identity", rng=rng, bias=ol.bias, weights=ol.weights,
                             scale=ol.scale, bits=ol.bits))
         return Network(layers, self.output, self.name, input_shape=self.input)
+
+
+def crossbar_bytes(rows: int, cols: int, tile: tuple[int, int]) -> int:
+    """Rough bytes of one rows x cols crossbar on tiles of tile = (R, C) devices.
+
+    G+, G-, their difference, the read variance and the effective weights (float64) and float32
+    read copies per cell; per-tile stacks padded to whole tiles (forward and transposed,
+    conductance and variance, float32); a tile-shaped mask when pruning (bool).
+    """
+    R, C = tile
+    pr, pc = -(-rows // R) * R, -(-cols // C) * C
+    return 56 * rows * cols + 8 * (pr * cols + pc * rows) + pr * pc
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(need: int, what: str, advice: str) -> None:
+    """ConfigError when `need` bytes exceed this machine's memory: say how much, and what to change."""
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(f"{what} needs about {_gb(need)} of memory, more than this machine's {_gb(have)}; "
+                          f"{advice}")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n < 1e15 else f"{n / 1e9:.3e} GB"
 
 
 def _input_shape(value, file) -> tuple[int, int, int] | None:

@@ -26,6 +26,7 @@ resolved config, so re-running a sweep skips what its store already holds (see x
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import json
@@ -43,14 +44,13 @@ from typing import Any
 from . import store
 from .config import find_preset, load_toml, suggest, where_text
 from .errors import ConfigError, DataError, XbarError
+from .store import NOT_IDENTITY, run_key  # noqa: F401 - a run's identity is the store's
 
 SPEC_KEYS = ("name", "description", "command", "seeds", "missing_data", "base", "grid", "exclude")
 COMMANDS = ("train", "prune")
 MISSING_DATA = ("error", "skip")
 DEVICE_PREFIX = "device."
 HIST_BINS = 64
-# Fields that name where things are, not what is computed: left out of a run's identity.
-NOT_IDENTITY = ("data_dir",)
 
 
 def _train_fields():
@@ -66,6 +66,18 @@ def _prune_fields():
 def _device_fields():
     from .device import FIELD_NAMES
     return FIELD_NAMES
+
+
+def _field(key: str, command: str):
+    """The Field spec of a [base]/[grid] key (None if unknown: the key check names it)."""
+    from .device import FIELDS as DEVICE
+    from .prune import FIELDS as PRUNE
+    from .train.loop import FIELDS as TRAIN
+    if key.startswith(DEVICE_PREFIX):
+        fields, key = DEVICE, key[len(DEVICE_PREFIX):]
+    else:
+        fields = TRAIN + (PRUNE if command == "prune" else ())
+    return next((f for f in fields if f.name == key), None)
 
 
 @dataclass
@@ -122,9 +134,13 @@ class Experiment:
             raise ConfigError(f"{where_text(file, 'grid')}: the grid is empty; give at least one "
                               "[grid] key with a list of values, e.g. bits = [2, 3, 4]")
         _check_option_keys(grid, file, "grid.", command)
+        for k, v in base.items():
+            _check_value_type(v, _field(k, command), file, f"base.{k}")
         for k, v in grid.items():
             if not isinstance(v, list) or not v:
-                raise ConfigError(f"{where_text(file, 'grid.' + k)} = {v!r}: expected a non-empty list of values")
+                raise ConfigError(f"{where_text(file, 'grid.' + k)} = {_show(v)}: expected a non-empty list of values")
+            for i, x in enumerate(v):
+                _check_value_type(x, _field(k, command), file, f"grid.{k}[{i}]")
             if len({json.dumps(x, sort_keys=True) for x in v}) != len(v):
                 raise ConfigError(f"{where_text(file, 'grid.' + k)}: a value is repeated in {v!r}")
             if k == "seed":
@@ -252,6 +268,35 @@ def _check_option_keys(table: dict[str, Any], file: str, prefix: str, command: s
                               f"{', '.join(fields)}, or device.<field>")
 
 
+_SCALARS = (str, int, float, bool)
+
+
+def _show(v) -> str:
+    """A value as the spec wrote it (TOML dates and times in their ISO form)."""
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, list):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return repr(v)
+
+
+def _check_value_type(v, fld, file: str, path: str) -> None:
+    """One value of [base] or of a [grid] list: a TOML string, number or boolean (a list of
+    numbers for list fields such as device.levels_us), never a date, time or table.
+    Ranges are checked later, per run, where the error can name the run."""
+    per_run = " (one value per run; the grid's list holds the values to sweep)" if path.startswith("grid.") else ""
+    if fld is not None and fld.kind == "floats":
+        if not (isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise ConfigError(f"{where_text(file, path)} = {_show(v)}: expected a list of numbers, e.g. "
+                              f"[0.0, 0.5, 1.0]{per_run}")
+    elif not isinstance(v, _SCALARS):
+        what = ("a TOML date/time" if isinstance(v, (datetime.date, datetime.time)) else
+                "a table" if isinstance(v, dict) else "a list" if isinstance(v, list) else type(v).__name__)
+        allowed = fld.range_text() if fld is not None else "a string, number or boolean"
+        raise ConfigError(f"{where_text(file, path)} = {_show(v)}: {what} is not allowed here; expected "
+                          f"{allowed}{per_run}")
+
+
 def _options(merged: dict[str, Any]) -> dict[str, Any]:
     """Spec keys -> TrainConfig options: device.<field> keys join (sorted) into device_set."""
     out = {k: v for k, v in merged.items() if not k.startswith(DEVICE_PREFIX)}
@@ -264,6 +309,9 @@ def _options(merged: dict[str, Any]) -> dict[str, Any]:
 
 
 def _toml_value(v) -> str:
+    """A value written as TOML; device_set keeps commas inside [...] and "..." together."""
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -288,11 +336,6 @@ def _label(point: dict[str, Any]) -> str:
 
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_key(config: dict[str, Any]) -> str:
-    """The stable identity of a resolved run config (16 hex digits)."""
-    return _hash({k: v for k, v in config.items() if k not in NOT_IDENTITY})
 
 
 def _absent_datasets(exp: Experiment, check: bool) -> dict[str, str]:
@@ -418,12 +461,24 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
         rec.update(status=res["status"], message=res["message"], test_accuracy=res["test_accuracy"],
                    train_accuracy=res["train_accuracy"], history=res["history"],
                    train_seconds=res["train_seconds"], histograms=_histograms(trainer.net))
+        if res["status"] == "diverged":
+            rec["diverged_epoch"] = diverged_epoch(res)
     except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
         rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
                    traceback=traceback.format_exc(limit=20))
     rec["wall_seconds"] = time.perf_counter() - start
     rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return rec
+
+
+def diverged_epoch(res: dict[str, Any]) -> int | None:
+    """The epoch a diverged run exploded in: the training loop's own field, else read from its
+    message ("... at epoch 3, step 7", "... after epoch 3"), else the first epoch not recorded."""
+    import re
+    if res.get("diverged_epoch") is not None:
+        return int(res["diverged_epoch"])
+    m = re.search(r"\bepoch (\d+)", res.get("message") or "")
+    return int(m.group(1)) if m else len(res.get("history") or []) + 1
 
 
 def _pretrained(tcfg, data, cache: str | None) -> str | None:
@@ -446,7 +501,7 @@ def _pretrained(tcfg, data, cache: str | None) -> str | None:
 
 
 def _prune_one(cfg: dict[str, Any], rec: dict[str, Any], cache: str | None) -> None:
-    from .prune import PruneConfig, prune
+    from .prune import prune
     from .train.loop import TrainConfig
     pnames = _prune_fields()
     try:
@@ -469,6 +524,8 @@ def _prune_one(cfg: dict[str, Any], rec: dict[str, Any], cache: str | None) -> N
                    test_accuracy=res.get("test_accuracy"), train_accuracy=None, metrics=metrics,
                    history=[{"epoch": r["round"], "test_accuracy": r.get("test_accuracy")} for r in res.get("rounds", [])],
                    train_seconds=res.get("seconds"))
+        if res["status"] == "diverged":
+            rec["diverged_epoch"] = diverged_epoch(res)
     except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
         rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
                    traceback=traceback.format_exc(limit=20))
@@ -617,7 +674,7 @@ def _local_executor(workers: int):
         os.environ[k] = "1"
     try:
         ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init)
+                                 initializer=_worker_init, initargs=(os.getpid(),))
         # start the workers now, under this environment
         list(ex.map(_noop, range(workers)))
     finally:
@@ -633,10 +690,38 @@ def _noop(_):
     return None
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group: only the parent handles it (and stops the workers).
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent)
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this worker process when the sweep (process `parent`) dies, even by SIGKILL: an orphaned
+    worker would finish its run for nothing, and hold the resource tracker alive with it.
+
+    Linux delivers SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG; immediate, even inside a
+    numba kernel holding the GIL); a thread polling the parent's pid covers other systems.
+    """
+    import signal
+    import threading
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:   # it died before the line above took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="xbar-exit-with-parent", daemon=True).start()
 
 
 class _Stop:
@@ -667,8 +752,13 @@ class _Stop:
 def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = None, cluster: str | None = None,
               only: dict[str, list[str]] | None = None, force: bool = False, dry_run: bool = False,
               retry_failed: bool = False, progress: bool = True, merge_every: float = 30.0,
-              print_fn: Callable[[str], None] = print, submit_limit: int | None = None) -> dict[str, Any]:
-    """Run (or, with dry_run, list) the spec's runs not yet in store `out`; returns a summary."""
+              print_fn: Callable[[str], None] = print, submit_limit: int | None = None,
+              warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or, with dry_run, list) the spec's runs not yet in store `out`; returns a summary.
+
+    warn: where one-line warnings go (journal entries set aside); default stderr.
+    """
+    warn = warn or store.warn_stderr
     notes: list[str] = []
     runs = filter_runs(exp.expand(notes=notes), only or {})
     for n in notes:
@@ -682,15 +772,18 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
     if out.exists():
         try:
             meta = store.info(out)
+            store.verify(out)   # a damaged store is refused now, not when `xbar report` reads it
         except store.StoreError as exc:
-            raise ConfigError(f"--out {out}: {exc}; choose another --out or remove the file") from None
+            msg = str(exc) if store.DAMAGED_ADVICE in str(exc) else f"{exc}; choose another --out or move the file away"
+            raise ConfigError(f"--out {msg}") from None
         if meta.get("spec_hash") != spec_hash and not force:
             raise ConfigError(f"--out {out} holds results of a different spec (spec hash {meta.get('spec_hash')}, "
                               f"this spec {spec_hash}, from {meta.get('spec_file') or 'unknown file'}); use "
                               "another --out, or --force to add this spec's runs to it")
         stored = meta["runs"]
-    for p in store.pending(out):
-        stored.setdefault(p.stem, "journal")
+    # Entries that cannot be stored (torn, empty, another run's key) are set aside: their runs are to do.
+    for key in store.read_journal(out, quarantine=not dry_run, warn=warn):
+        stored.setdefault(key, "journal")
     todo = [r for r in runs if r.key not in stored or (retry_failed and stored[r.key] == "error")]
     # Workers side by side share caches and memory bandwidth: measured 1.35x slower runs with two
     # workers on the 2-core dev machine (seed study, 46 runs) than the one-run fit of the estimate.
@@ -708,15 +801,29 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
                  "timings)")
         return summary
     store.check_writable(out)
+    store.cleanup(out)   # copies of a merge, torn journal temporaries: left by a killed sweep
+    # Connect first: a cluster that cannot be reached leaves no empty store behind.
+    client = _dask_client(cluster) if cluster and todo else None
+    try:
+        return _execute(exp, out, runs, todo, est, summary, workers, client, force, progress, merge_every,
+                        print_fn, submit_limit, warn)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _execute(exp, out: Path, runs, todo, est, summary, workers, client, force, progress, merge_every,
+             print_fn, submit_limit, warn) -> dict[str, Any]:
+    spec_hash = summary["spec_hash"]
     if not out.exists():
         store.create(out, exp.spec() | {"name": exp.name}, spec_hash, exp.file)
     elif force and store.info(out).get("spec_hash") != spec_hash:
-        store.merge(out, [], spec_hash=spec_hash)
+        store.merge(out, [], spec_hash=spec_hash, warn=warn)
     if store.pending(out):
-        store.merge(out)
+        store.merge(out, warn=warn)
     if not todo:
         print_fn(f"all {len(runs)} runs already stored in {out}")
-        return summary | {"done": 0, "failed": 0, "seconds": 0.0}
+        return summary | {"done": 0, "failed": 0, "diverged": 0, "seconds": 0.0}
 
     order = sorted(todo, key=lambda r: -est[r.key])   # longest first: the last minutes stay busy
     if submit_limit is not None:
@@ -724,31 +831,33 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
     prog = Progress(len(order), sum(est[r.key] for r in order), workers, enabled=progress)
     start = time.perf_counter()
     last_merge = time.perf_counter()
-    done = failed = 0
+    done = failed = diverged = 0
 
     def finished(rec: dict[str, Any], running: int) -> None:
-        nonlocal done, failed, last_merge
+        nonlocal done, failed, diverged, last_merge
         store.write_journal(out, rec)
         done += 1
         failed += rec["status"] != "ok"
+        diverged += rec["status"] == "diverged"
         prog.update(rec, est.get(rec["key"], 0.0), running)
         if time.perf_counter() - last_merge > merge_every:
-            store.merge(out)
+            store.merge(out, warn=warn)
             last_merge = time.perf_counter()
 
     cache = str(out) + ".cache"   # shared pretrained networks of pruning sweeps
     payloads = [{"key": r.key, "point": r.point, "config": r.config, "cache": cache} for r in order]
     try:
-        if cluster:
-            _run_dask(cluster, payloads, finished)
+        if client is not None:
+            _run_dask(client, payloads, finished)
         else:
             _run_local(workers, payloads, finished)
     finally:
         prog.close()
-        store.merge(out)
+        store.merge(out, warn=warn)
     seconds = time.perf_counter() - start
-    print_fn(f"{done} runs finished ({failed} failed or diverged) in {_fmt_time(seconds)}; store: {out}")
-    return summary | {"done": done, "failed": failed, "seconds": seconds}
+    print_fn(f"{done} runs finished ({failed - diverged} failed, {diverged} diverged) in {_fmt_time(seconds)}; "
+             f"store: {out}")
+    return summary | {"done": done, "failed": failed, "diverged": diverged, "seconds": seconds}
 
 
 def _run_local(workers: int, payloads: list[dict], finished) -> None:
@@ -790,28 +899,29 @@ def _collect(done_set, running, workers, finished) -> None:
         finished(rec, min(len(running), workers))
 
 
-def _run_dask(address: str, payloads: list[dict], finished) -> None:
+def _dask_client(address: str):
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise ConfigError("--cluster needs dask.distributed: pip install 'xbar-sim[dask]'") from None
     try:
-        client = Client(address, timeout="20s")
+        return Client(address, timeout="20s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"--cluster {address}: cannot reach a Dask scheduler there ({exc})") from None
-    try:
-        futures = [client.submit(run_one, p, pure=False, key=f"xbar-run-{p['key']}") for p in payloads]
-        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
-        pending_n = len(futures)
-        for fut in as_completed(futures):
-            pending_n -= 1
-            try:
-                rec = fut.result()
-            except Exception as exc:   # noqa: BLE001 - a lost worker: record, go on
-                key = str(fut.key).removeprefix("xbar-run-")
-                src = next(q for q in payloads if q["key"] == key)
-                rec = {"key": key, "point": src["point"], "config": src["config"], "status": "error",
-                       "message": f"dask: {type(exc).__name__}: {exc}", "history": [], "env": {}}
-            finished(rec, min(pending_n, n_workers))
-    finally:
-        client.close()
+
+
+def _run_dask(client, payloads: list[dict], finished) -> None:
+    from distributed import as_completed
+    futures = [client.submit(run_one, p, pure=False, key=f"xbar-run-{p['key']}") for p in payloads]
+    n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    pending_n = len(futures)
+    for fut in as_completed(futures):
+        pending_n -= 1
+        try:
+            rec = fut.result()
+        except Exception as exc:   # noqa: BLE001 - a lost worker: record, go on
+            key = str(fut.key).removeprefix("xbar-run-")
+            src = next(q for q in payloads if q["key"] == key)
+            rec = {"key": key, "point": src["point"], "config": src["config"], "status": "error",
+                   "message": f"dask: {type(exc).__name__}: {exc}", "history": [], "env": {}}
+        finished(rec, min(pending_n, n_workers))

@@ -5,7 +5,8 @@ step reaches the devices), optimizers, and the loop.
     result = train(TrainConfig(network="digits-mlp", dataset="digits", update="qat", bits=2))
     result["test_accuracy"], result["history"][-1]
 
-Result dict: status ("ok" or "diverged"), message, test_accuracy and train_accuracy (percent,
+Result dict: status ("ok" or "diverged": the loss became NaN/inf, or exploded past
+loop.loss_limit; the message names the epoch), message, test_accuracy and train_accuracy (percent,
 after the last epoch; None when the run diverged), history (one entry per epoch: epoch,
 test_accuracy, train_accuracy, loss (train loss measured after the epoch), test_loss, step_loss
 (mean loss over the epoch's steps), seconds (that epoch's training time, evaluation excluded),

@@ -41,7 +41,8 @@ FIELDS: tuple[Field, ...] = (
           "'read_noise_rel=0.02,stuck_off_rate=0.01'); see `xbar devices show`.", optional=True),
     Field("bits", "int", None, "Override the device's levels with 2**bits uniform levels.", lo=1, hi=8,
           optional=True),
-    Field("update", "str", "float", "How a step reaches the devices.", choices=UPDATES),
+    Field("update", "str", None, "How a step reaches the devices (omit: 'qat' when device, device_set or "
+          "bits is set, else 'float').", choices=UPDATES, optional=True),
     Field("rule", "str", "bp", "What travels backward.", choices=RULES),
     Field("quant", "str", None, "Weight grid: the device's levels, or the seed's asymm/symm.",
           choices=QUANTS, optional=True),
@@ -55,14 +56,14 @@ FIELDS: tuple[Field, ...] = (
     Field("epochs", "int", None, "Passes over the training set.", lo=1, hi=100000, optional=True),
     Field("batch_size", "int", None, "Samples per step.", lo=1, hi=1 << 20, optional=True),
     Field("optimizer", "str", None, "Optimizer.", choices=OPTIMIZERS, optional=True),
-    Field("lr", "float", None, "Learning rate (default: the optimizer's torch default).", lo=0.0,
-          lo_open=True, optional=True),
+    Field("lr", "float", None, "Learning rate (with an --optimizer other than the update's: that "
+          "optimizer's torch default).", lo=0.0, lo_open=True, optional=True),
     Field("momentum", "float", 0.0, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True),
     Field("weight_decay", "float", 0.0, "L2 weight decay.", lo=0.0),
     Field("lr_gamma", "float", None, "StepLR factor per lr_step epochs (1 = constant).", lo=0.0,
           lo_open=True, hi=1.0, optional=True),
     Field("lr_step", "int", 1, "StepLR period in epochs.", lo=1),
-    Field("seed", "int", 1, "Seeds init, feedback, shuffling, rounding and devices.", lo=0),
+    Field("seed", "int", 1, "Seeds init, feedback, shuffling, rounding and devices.", lo=0, hi=2 ** 63 - 1),
     Field("tile", "str", "64x64", "Crossbar tile ROWSxCOLS."),
     Field("adc_bits", "int", None, "ADC resolution per tile output (omit: ideal).", lo=2, hi=16,
           optional=True),
@@ -92,8 +93,9 @@ FIELDS: tuple[Field, ...] = (
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 
-# DOMAIN.md §1: Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64, 30 epochs, levels in [-1, 1]
-# for the whole network (α = 1, no column gain), the seed's asymm quantizer by default.
+# The seed study (Granada bachelor's thesis, 2022; experiments/seed-study.toml): Adadelta lr 1.0,
+# StepLR γ 0.7 per epoch, batch 64, 30 epochs, levels in [-1, 1] for the whole network (α = 1, no
+# column gain), the study's asymm quantizer by default.
 # (w_max = 1 and lr_step = 1 are the plain defaults already.) Explicitly set fields win.
 SEED_RECIPE = {"optimizer": "adadelta", "lr": 1.0, "lr_gamma": 0.7, "batch_size": 64, "epochs": 30,
                "range": "global", "gain": "layer", "quant": "asymm"}
@@ -114,22 +116,71 @@ UPDATE_DEFAULTS = {
     "stochastic": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.9},
     "qat": {"quant": "device", "range": "local", "gain": "column", "lr_gamma": 0.9},
     "mixed": {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.8},
-    "pulse": {"quant": "device", "range": "init", "gain": "layer"},
+    # pulse: NeuroSim's in-situ SGD. A step of Adam's 1e-3 is far below one device pulse
+    # (ε = m / (pulse_levels - 1), about 0.01 on digits-mlp), so every update rounds to zero pulses
+    # and the network stays at chance (10 %); plain SGD moves whole pulses. Measured on digits
+    # (digits-mlp, 30 epochs, seed 1), test accuracy for agsi / epiram / gst-pcm: lr 0.05: 66 / 26 /
+    # 56 %; lr 0.1: 89 / 88 / 91 %; lr 0.2: 76 / 92 / 91 %; lr 0.4: 57 / 89 / 82 %.
+    "pulse": {"quant": "device", "range": "init", "gain": "layer", "optimizer": "sgd", "lr": 0.1,
+              "lr_gamma": 1.0},
 }
+# The update scheme when none is given: a device (or bits) asks for the device, so a run that
+# names one never trains in float without it; the device path that needs nothing else is qat.
+DEVICE_UPDATE = "qat"
+
+
+def default_update(device: str = "ideal", device_set: str | None = None, bits: int | None = None) -> str:
+    """The update scheme of a config that sets none: 'qat' when it names a device other than the
+    ideal one, device overrides or bits; else 'float'."""
+    return DEVICE_UPDATE if (device != "ideal" or device_set or bits is not None) else "float"
+
+
+def _split_items(text: str) -> list[str]:
+    """Split 'a=1,b=[1.0,2.0],c="x,y"' on the commas outside brackets and quotes."""
+    items, cur, depth, quote, escaped = [], [], 0, "", False
+    for ch in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth <= 0:
+            items.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    items.append("".join(cur))
+    return [t.strip() for t in items if t.strip()]
 
 
 def parse_device_set(text: str) -> dict[str, Any]:
-    """'read_noise_rel=0.02,stuck_off_rate=0.01' -> {field: value}; values are parsed as TOML."""
+    """'read_noise_rel=0.02,levels_us=[0.0,1.0],read_noise_kind=additive' -> {field: value}.
+
+    Values are TOML (lists and quoted strings may hold commas); a bare word is a string.
+    """
+    import re
     import tomllib
     out: dict[str, Any] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    for item in _split_items(text):
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
             raise ConfigError(f"device_set = {text!r}: expected 'field=value,...', got {item!r}")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()   # a bare word, e.g. read_noise_kind=additive
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.+-]*", raw):
+                raise ConfigError(f"device_set: {key} = {raw!r} is not a value ({exc}); write numbers, "
+                                  "lists as [0.0, 1.0], words as additive or \"additive\"") from None
+            out[key] = raw   # a bare word, e.g. read_noise_kind=additive
     return out
 
 
@@ -159,7 +210,7 @@ class TrainConfig:
     device: str = "ideal"
     device_set: str | None = None
     bits: int | None = None
-    update: str = "float"
+    update: str | None = None
     rule: str = "bp"
     quant: str | None = None
     range: str | None = None
@@ -219,7 +270,10 @@ class TrainConfig:
     def resolve(self) -> TrainConfig:
         """Fill every None field from the recipe and the update's defaults; check presets exist."""
         filled = self.as_dict()
-        sources = ([SEED_RECIPE] if self.recipe == "seed" else []) + [UPDATE_DEFAULTS[self.update],
+        if filled["update"] is None:
+            filled["update"] = default_update(self.device, self.device_set, self.bits)
+        update = filled["update"]
+        sources = ([SEED_RECIPE] if self.recipe == "seed" else []) + [UPDATE_DEFAULTS[update],
                                                                        BASE_DEFAULTS]
         bundle_opt = next(src["optimizer"] for src in sources if src.get("optimizer"))
         if filled["optimizer"] is not None and filled["optimizer"] != bundle_opt:
@@ -232,12 +286,18 @@ class TrainConfig:
                     if src.get(k) is not None:
                         filled[k] = src[k]
                         break
-        if self.update == "float":
+        if update == "float":
             filled.update(quant=None, range=None, gain=None)
         if self.rule == "hsic" and filled["hsic_epochs"] is None:
             filled["hsic_epochs"] = (filled["epochs"] + 1) // 2
         out = TrainConfig(**filled)
-        NetworkSpec.preset(out.network)
+        spec = NetworkSpec.preset(out.network)
+        # Refuse what cannot be allocated now, not at the first batch. (The input size is the
+        # network's own when it fixes one: whether the data fits it is checked on the data.)
+        n_in = math.prod(spec.input) if spec.input else math.prod(xdata.image_shape(out.dataset))
+        spec.check_memory(n_in, xdata.num_classes(out.dataset),
+                          None if out.update == "float" else parse_tile(out.tile), out.batch_size,
+                          what=f"on {out.dataset}")
         dev = out.device_obj()
         if out.quant in ("asymm", "symm") and dev.bits is None:
             raise ConfigError(f"quant = {out.quant!r} needs bits: set bits (device {dev.name!r} is "
@@ -271,7 +331,7 @@ class TrainConfig:
 
     def device_setup(self) -> DeviceSetup | None:
         """The per-layer crossbar description, or None for update 'float'."""
-        if self.update == "float":
+        if (self.update or default_update(self.device, self.device_set, self.bits)) == "float":
             return None
         dev = self.device_obj()
         bits = self.bits if self.bits is not None else dev.bits
@@ -307,7 +367,19 @@ def evaluate(net: Network, X: np.ndarray, y: np.ndarray, batch_size: int = 1000)
 
 
 class Diverged(Exception):
-    """The loss or the weights stopped being finite."""
+    """The loss or the weights stopped being finite, or the loss exploded (see loss_limit)."""
+
+
+# A run has diverged when its loss exceeds LOSS_RELATIVE x its first step's loss (at least 1), or
+# LOSS_ABSOLUTE. A classifier at chance has an NLL of ln(10) = 2.3; losses of 1e10 to 1e31 that
+# stay finite came from runs whose weights had blown up, and they are no result.
+LOSS_RELATIVE = 1e6
+LOSS_ABSOLUTE = 1e8
+
+
+def loss_limit(first_loss: float) -> float:
+    """The loss above which a run whose first step's loss was `first_loss` has diverged."""
+    return min(LOSS_ABSOLUTE, LOSS_RELATIVE * max(first_loss, 1.0))
 
 
 class Trainer:
@@ -338,6 +410,7 @@ class Trainer:
         self.shuffle = _stream(cfg.seed, 2)
         self._active = tuple(range(len(self.net.layers)))   # layers the optimizer covers
         self.last_correct = 0   # correct predictions of the last step's batch (before the step)
+        self.first_loss: float | None = None   # the first step's loss: the scale of an explosion
         self._post_update = [layer for layer in self.net.layers if hasattr(layer, "post_update")]
 
     def start_epoch(self, epoch: int) -> None:
@@ -372,6 +445,11 @@ class Trainer:
             self.last_correct = int(np.count_nonzero(np.argmax(out, axis=1) == y))
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss}")
+            if self.first_loss is None:
+                self.first_loss = loss
+            if loss > loss_limit(self.first_loss):
+                raise Diverged(f"loss exploded to {loss:.3g} (first step: {self.first_loss:.3g}; limit "
+                               f"{loss_limit(self.first_loss):.3g})")
             deltas = self.rule.deltas(net, caches, e, y)
             active = tuple(i for i, d in enumerate(deltas) if d is not None)
             if active != self._active:
@@ -451,7 +529,8 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
 
 
 def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
-    """The epoch loop: returns (history, status, message, training seconds)."""
+    """The epoch loop: returns (history, status, message, training seconds); a divergence message
+    names the epoch (and step) it happened in."""
     net = tr.net
     history: list[dict[str, Any]] = []
     status, message = "ok", ""
@@ -511,6 +590,9 @@ def record_epoch(history: list, on_epoch, cfg, epoch: int, score, data, step_los
         on_epoch(entry)
     if not (math.isfinite(test_loss) and math.isfinite(entry["loss"])):
         return f"evaluation loss became NaN or inf after epoch {epoch}"
+    worst = max(test_loss, entry["loss"])
+    if worst > LOSS_ABSOLUTE:
+        return f"evaluation loss exploded to {worst:.3g} (limit {LOSS_ABSOLUTE:.3g}) after epoch {epoch}"
     return ""
 
 
