@@ -48,60 +48,33 @@ class CheckpointError(XbarError, OSError):
     """A run file is missing, unreadable, corrupted or not an xbar run file."""
 
 
-# ---- the one place that reaches into Crossbar internals ---------------------------------------------
-# A public Crossbar.state_dict() / Crossbar.load_state() pair should replace these two functions.
-
-_SETTINGS = ("tile", "mapping", "adc_bits", "dac_bits", "seed", "range", "w_range", "quant", "quant_bits",
-             "gain", "slices", "adc_range", "adc_percentile", "dac_range", "bias", "read_noise")
-
+# ---- crossbars: through their public state_dict ---------------------------------------------------
 
 def crossbar_state(xb: Crossbar) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(JSON-ready scalars, arrays) that rebuild `xb` exactly, programmed state and RNG included."""
-    xb._check_programmed()
-    meta = {
-        "device": xb.device.as_dict(),
-        "settings": {k: getattr(xb, k) for k in _SETTINGS},
-        "shape": list(xb._shape), "n_in": xb._n_in, "has_bias_row": xb._has_bias_row,
-        "t_s": xb.t_s, "drift_compensation": xb.drift_compensation,
-        "stream": int(xb._stream), "reads": int(xb._reads), "stats": xb._stats,
-        "rng_state": xb._rng.bit_generator.state,
-    }
-    arrays = {"gp0": xb._gp0, "gn0": xb._gn0, "gp": xb._gp, "gn": xb._gn, "sig": xb._sig,
-              "alpha": xb._alpha, "beta": xb._beta}
-    if xb._b_digital is not None:
-        arrays["b_digital"] = xb._b_digital
-    for k, v in (xb._persist or {}).items():
-        if v is not None:
-            arrays[f"persist/{k}"] = v
-    for way, v in xb._adc_fs.items():
-        if v is not None:
-            arrays[f"adc_fs/{way}"] = v
-    return meta, arrays
+    """(JSON-ready part, arrays) of ``xb.state_dict()``."""
+    sd = xb.state_dict()
+    arrays = sd.pop("arrays")
+    return sd, arrays
 
 
 def crossbar_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Crossbar:
-    """The inverse of :func:`crossbar_state`: a crossbar that reads exactly as the saved one would."""
-    dev = Device.from_dict({k: v for k, v in meta["device"].items() if v is not None})
-    settings = dict(meta["settings"])
-    settings["tile"] = tuple(settings["tile"])
-    settings["w_range"] = tuple(settings["w_range"])
-    xb = Crossbar(dev, **settings)
-    xb._shape = tuple(meta["shape"])
-    xb._n_in = int(meta["n_in"])
-    xb._has_bias_row = bool(meta["has_bias_row"])
-    xb._b_digital = arrays.get("b_digital")
-    xb._gp0, xb._gn0 = arrays["gp0"], arrays["gn0"]
-    xb._sig, xb._alpha, xb._beta = arrays["sig"], arrays["alpha"], arrays["beta"]
-    xb._persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None}
-    xb._persist.update({k[len("persist/"):]: v for k, v in arrays.items() if k.startswith("persist/")})
-    xb._adc_fs = {way: arrays.get(f"adc_fs/{way}") for way in ("fwd", "bwd")}
-    xb._rng.bit_generator.state = meta["rng_state"]
-    xb._stream, xb._reads = int(meta["stream"]), int(meta["reads"])
-    xb._stats = dict(meta["stats"])
-    xb.t_s = meta["t_s"]
-    xb.drift_compensation = float(meta["drift_compensation"])
-    xb._set_state(arrays["gp"], arrays["gn"])
-    return xb
+    """The inverse of :func:`crossbar_state`; also reads format-1 files (written before the split)."""
+    if meta.get("format") is None:
+        meta, arrays = _v1_state(meta, arrays)
+    return Crossbar.from_state_dict({**meta, "arrays": arrays})
+
+
+def _v1_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]):
+    """A format-1 crossbar record (flat private attributes) as a state_dict."""
+    state = {k: meta[k] for k in ("shape", "n_in", "has_bias_row", "t_s", "drift_compensation")}
+    new = {f"state/{k}": arrays[k] for k in ("gp0", "gn0", "gp", "gn", "sig", "alpha", "beta")}
+    if "b_digital" in arrays:
+        new["state/b_digital"] = arrays["b_digital"]
+    new.update({k: v for k, v in arrays.items() if k.startswith(("persist/", "adc_fs/"))})
+    sd = {"format": "xbar-crossbar", "version": 1, "device": meta["device"], "settings": meta["settings"],
+          "state": state, "stats": meta["stats"],
+          "streams": {"read_stream": meta["stream"], "reads": meta["reads"], "program_rng": meta["rng_state"]}}
+    return sd, new
 
 
 # ---- saving -------------------------------------------------------------------------------------------
