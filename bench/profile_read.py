@@ -76,19 +76,19 @@ def profile(shape, config: str, repeat: int) -> list[tuple[str, float]]:
 
     rows = [("mvm (whole call)", median_ms(lambda: xb.mvm(X), repeat))]
     rows.append(("as_matrix(X) validation", median_ms(lambda: as_matrix("X", X, cols=n_in), repeat)))
-    rows.append(("_dac", median_ms(lambda: xb._dac(X), repeat)))
-    xs, scale = xb._dac(X)
+    rows.append(("read.dac", median_ms(lambda: xb.read.dac(X), repeat)))
+    xs, scale = xb.read.dac(X)
     if xb.adc_bits is None:
-        rows.append(("xs @ W_fwd (BLAS)", median_ms(lambda: xs @ xb._w_fwd32, repeat)))
-        y = xs @ xb._w_fwd32
+        rows.append(("xs @ W_fwd (BLAS)", median_ms(lambda: xs @ xb.read.w_fwd32, repeat)))
+        y = xs @ xb.read.w_fwd32
         rows.append(("isfinite(y).all() (output check)", median_ms(lambda: np.isfinite(y).all(), repeat)))
         rows.append(("reference: numpy X @ W", median_ms(lambda: X @ W, repeat)))
         return rows
 
     # _tile_currents, piece by piece (same code as crossbar.py, forward direction).
     R = xb.tile[0]
-    P = xb._gd.shape[0]
-    n_t, size, g, v = xb._nrt, R, xb._fwd_g, xb._fwd_v
+    P = xb.read.gd.shape[0]
+    n_t, size, g, v = xb.read.nrt, R, *xb.read.fwd_stacks()
     pad = n_t * size - xs.shape[1]
 
     def prep():
@@ -97,7 +97,7 @@ def profile(shape, config: str, repeat: int) -> list[tuple[str, float]]:
     xt = prep()
     rows.append(("_tile_currents: pad + transpose x", median_ms(prep, repeat)))
     rows.append(("_tile_currents: post (gains)", median_ms(
-        lambda: np.ascontiguousarray((xb._sig[:, None, None] * xb._alpha_eff[None, None, :]).repeat(
+        lambda: np.ascontiguousarray((xb.read.sig[:, None, None] * xb.read.alpha_eff[None, None, :]).repeat(
             n_t, axis=1).reshape(P * n_t, -1), dtype=np.float32), repeat)))
     rows.append((f"_tile_currents: matmul M ({P}x{n_t} tiles of {B}x{size} @ {size}x{n_out})",
                  median_ms(lambda: np.matmul(xt[None], g), repeat)))
@@ -105,10 +105,10 @@ def profile(shape, config: str, repeat: int) -> list[tuple[str, float]]:
         rows.append(("_tile_currents: x*x", median_ms(lambda: xt * xt, repeat)))
         xt2 = (xt * xt)[None]
         rows.append(("_tile_currents: matmul V", median_ms(lambda: np.matmul(xt2, v), repeat)))
-    rows.append(("_tile_currents (whole)", median_ms(lambda: xb._tile_currents(xs, "fwd"), repeat)))
-    M, V, post = xb._tile_currents(xs, "fwd")
-    rows.append(("_adc_params", median_ms(lambda: xb._adc_params(M, post, "fwd"), repeat)))
-    inv_step, step_post, qlo, qhi = xb._adc_params(M, post, "fwd")
+    rows.append(("read.tile_currents (whole)", median_ms(lambda: xb.read.tile_currents(xs, "fwd"), repeat)))
+    M, V, post = xb.read.tile_currents(xs, "fwd")
+    rows.append(("read.adc_params", median_ms(lambda: xb.read.adc_params(M, post, "fwd"), repeat)))
+    inv_step, step_post, qlo, qhi = xb.read.adc_params(M, post, "fwd")
     T = M.shape[0]
     out = np.empty((B, n_out), dtype=np.float32)
     clipped = np.empty(B, dtype=np.int64)
@@ -139,24 +139,24 @@ def profile_in_sequence(shape, config: str, repeat: int) -> list[tuple[str, floa
     if xb.adc_bits is None:
         return []
     R, _ = xb.tile
-    n_t, g, v = xb._nrt, xb._fwd_g, xb._fwd_v
+    n_t, g, v = xb.read.nrt, *xb.read.fwd_stacks()
     pad = n_t * R - n_in
     names = ["as_matrix + _dac", "pad + transpose x", "matmul M", "x*x + matmul V", "post",
-             "_adc_params", "tile_periphery", "y *= scale"]
+             "read.adc_params", "tile_periphery", "y *= scale"]
     times = {k: [] for k in names}
     out = np.empty((B, n_out), dtype=np.float32)
     clipped = np.empty(B, dtype=np.int64)
     for i in range(repeat + 1):
         t = [time.perf_counter()]
-        xs, scale = xb._dac(as_matrix("X", X, cols=n_in)); t.append(time.perf_counter())
+        xs, scale = xb.read.dac(as_matrix("X", X, cols=n_in)); t.append(time.perf_counter())
         xt = np.ascontiguousarray(np.pad(xs, ((0, 0), (0, pad))).reshape(B, n_t, R).transpose(1, 0, 2))
         t.append(time.perf_counter())
         M = np.matmul(xt[None], g).reshape(-1, B, n_out); t.append(time.perf_counter())
         V = np.matmul((xt * xt)[None], v).reshape(-1, B, n_out) if v is not None else None
         t.append(time.perf_counter())
-        post = np.ascontiguousarray((xb._sig[:, None, None] * xb._alpha_eff[None, None, :]).repeat(
+        post = np.ascontiguousarray((xb.read.sig[:, None, None] * xb.read.alpha_eff[None, None, :]).repeat(
             n_t, axis=1).reshape(M.shape[0], -1), dtype=np.float32); t.append(time.perf_counter())
-        inv_step, step_post, qlo, qhi = xb._adc_params(M, post, "fwd"); t.append(time.perf_counter())
+        inv_step, step_post, qlo, qhi = xb.read.adc_params(M, post, "fwd"); t.append(time.perf_counter())
         s0 = time.perf_counter()
         call = kernel_call(xb, M, V, inv_step, step_post, qlo, qhi, post, i + 99, out, clipped)[1]
         setup = time.perf_counter() - s0      # building `call` is the profiler's, not mvm's, time
