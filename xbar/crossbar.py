@@ -29,16 +29,14 @@ from .device import Device
 from .errors import ConfigError, ShapeError
 from .kernels import rng as krng
 from .tile.arrays import as_matrix, raise_nonfinite
-from .tile.physics import DeviceArray
+from .tile.physics import DeviceArray, is_active
 from .tile.planner import Planner
-from .tile.read import PARALLEL_MIN, ReadPath
+from .tile.read import PARALLEL_MIN, ReadPath, summed_column_read
 from .tile.settings import NAMES as SETTING_NAMES
 from .tile.settings import Settings
-from .tile.state import ArrayState
+from .tile.state import ArrayState, hardware_counts, pack, unpack_header
 
 __all__ = ["Crossbar", "as_matrix", "raise_nonfinite"]
-STATE_FORMAT = "xbar-crossbar"
-STATE_VERSION = 1
 _PARALLEL_MIN = PARALLEL_MIN   # kept for code that imported it from here
 
 
@@ -165,8 +163,7 @@ class Crossbar:
     @property
     def has_write_noise(self) -> bool:
         """True when a write lands off its target at random (programming-noise model active)."""
-        from .tile.physics import _active
-        return _active(self.physics.program_noise)
+        return is_active(self.physics.program_noise)
 
     def _install(self, gd: np.ndarray | None = None) -> None:
         """Hand the present conductances to the read path (gains and read variance derived here)."""
@@ -355,58 +352,31 @@ class Crossbar:
         new.state.t_s = float(seconds)
         new.state.drift_compensation = 1.0
         new._alpha_src = None
-        if compensate == "read":
-            new._install()
-            ones = np.ones((1, st.n_in), np.float32)
-            before = np.abs(self._analog_column_read(ones, new)).sum()
-            after = np.abs(self._analog_column_read(ones, new, drifted=True)).sum()
-            new.state.drift_compensation = float(before / after) if after > 0 else 1.0
-        elif compensate:
-            sig = st.sig
-            before = np.abs(np.einsum("p,pio->o", sig, st.gp0 - st.gn0)).sum()
-            after = np.abs(np.einsum("p,pio->o", sig, gp - gn)).sum()
+        if compensate:
+            pair = self.mapping == "differential"
+            if compensate == "read":   # one noisy read of an all-ones input before and after, as a chip can
+                var0 = self.physics.read_variance([st.gp0, st.gn0][:1 + pair], [st.gp0, st.gn0][:1 + pair], None,
+                                                  enabled=self.settings.read_noise)
+                var1 = self.physics.read_variance([gp, gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], seconds,
+                                                  enabled=self.settings.read_noise)
+                cal = int(krng.stream_key(np.uint64(new.read.stream), np.uint64(2 ** 61))) >> 1
+                before = summed_column_read(self.settings, self.device.window_us, st.gp0 - st.gn0, var0, st.sig,
+                                            cal, 1)
+                after = summed_column_read(self.settings, self.device.window_us, gp - gn, var1, st.sig, cal, 2)
+            else:
+                before = np.abs(np.einsum("p,pio->o", st.sig, st.gp0 - st.gn0)).sum()
+                after = np.abs(np.einsum("p,pio->o", st.sig, gp - gn)).sum()
             new.state.drift_compensation = float(before / after) if after > 0 else 1.0
         new._install()
         return new
-
-    def _analog_column_read(self, X: np.ndarray, new: Crossbar, drifted: bool = False) -> np.ndarray:
-        """Column outputs of `new` for X before the digital gain: a read a chip can make."""
-        if drifted:
-            return new.mvm(X) / np.where(new._alpha32 != 0, new._alpha32, 1)[None, :]
-        ref = copy.copy(new)
-        ref.state = copy.copy(new.state)
-        ref.state.gp, ref.state.gn, ref.state.t_s = self.state.gp0, self.state.gn0, None
-        ref.read = new.read       # one noise stream for both calibration reads
-        ref._alpha_src = None
-        ref._install()
-        y = ref.mvm(X) / np.where(ref._alpha32 != 0, ref._alpha32, 1)[None, :]
-        return y
 
     def stats(self) -> dict[str, Any]:
         """Hardware and activity counters: tiles, devices, utilization, conversions, clipping."""
         self._check_programmed()
         st = self.state
-        P, rows, out = st.gp.shape
-        R, C = self.tile
-        nrt, nct = self.read.nrt, self.read.nct
-        per_cell = 2 if self.mapping == "differential" else 1
-        allocated = P * nrt * nct
-        if st.mask is None:
-            cells, tiles = rows * out, allocated
-        else:
-            cells = int(st.mask.sum())
-            pad = np.zeros((nrt * R, nct * C), bool)
-            pad[:rows, :out] = st.mask
-            tiles = P * int(pad.reshape(nrt, R, nct, C).any(axis=(1, 3)).sum())
         s = dict(self._stats)
-        s.update({
-            "shape": (st.n_in, out), "rows_used": rows, "tiles": tiles, "tile": (R, C),
-            "tiles_allocated": allocated, "pruned_cells": P * (rows * out - cells),
-            "planes": P, "cells": P * cells, "devices": P * cells * per_cell,
-            "device_capacity": tiles * R * C * per_cell,
-            "utilization": cells / max(tiles // P * R * C, 1),
-            "reads": self.read.reads, "t_s": st.t_s, "drift_compensation": st.drift_compensation,
-        })
+        s.update(hardware_counts(st, self.tile, self.read.nrt, self.read.nct, self.mapping == "differential"))
+        s.update({"reads": self.read.reads, "t_s": st.t_s, "drift_compensation": st.drift_compensation})
         p = self.physics.persist or {}
         if p.get("stuck") is not None:
             s["stuck_on"] = int(np.sum(p["stuck"] == 1))
@@ -422,37 +392,17 @@ class Crossbar:
         exponents; ``persist/*``: per-device draws; ``adc_fs/*``: ADC full scales).
         """
         self._check_programmed()
-        scalars, arrays = self.state.to_dict()
-        out_arrays = {f"state/{k}": v for k, v in arrays.items()}
-        for k, v in (self.physics.persist or {}).items():
-            if v is not None:
-                out_arrays[f"persist/{k}"] = v
-        for way, v in self.read.adc_fs.items():
-            if v is not None:
-                out_arrays[f"adc_fs/{way}"] = v
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "device": self.device.as_dict(),
-                "settings": self.settings.as_dict(), "state": scalars,
-                "streams": {"read_stream": int(self.read.stream), "reads": int(self.read.reads),
-                            "program_rng": self.physics.rng.bit_generator.state},
-                "stats": dict(self._stats), "arrays": out_arrays}
+        return pack(self.device, self.settings, self.state, self.physics, self.read, self._stats)
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Any], device: Device | None = None) -> Crossbar:
         """The inverse of :meth:`state_dict`: a crossbar that reads exactly as the saved one would."""
-        if sd.get("format") != STATE_FORMAT:
-            raise ConfigError(f"not a crossbar state_dict (format {sd.get('format')!r}, expected {STATE_FORMAT!r})")
-        if device is None:
-            device = Device.from_dict({k: v for k, v in sd["device"].items() if v is not None})
-        settings = dict(sd["settings"])
-        settings["tile"] = tuple(settings["tile"])
-        settings["w_range"] = tuple(settings["w_range"])
+        device, settings, arrays = unpack_header(sd, device)
         xb = cls(device, **settings)
-        arrays = sd["arrays"]
-        pick = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
-        xb.state = ArrayState.from_dict(sd["state"], pick("state/"))
-        xb.physics.persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None, **pick("persist/")}
+        xb.state = ArrayState.from_dict(sd["state"], arrays["state"])
+        xb.physics.persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None, **arrays["persist"]}
         xb.physics.rng.bit_generator.state = sd["streams"]["program_rng"]
-        xb.read.adc_fs = {way: pick("adc_fs/").get(way) for way in ("fwd", "bwd")}
+        xb.read.adc_fs = {way: arrays["adc_fs"].get(way) for way in ("fwd", "bwd")}
         xb.read.stream, xb.read.reads = int(sd["streams"]["read_stream"]), int(sd["streams"]["reads"])
         xb._stats.clear()
         xb._stats.update(sd["stats"])

@@ -27,7 +27,7 @@ class DeviceArray:
         d = device
         # A write that lands exactly on its targets (no spread, write noise or faults).
         self.exact_write = not (d.g_d2d_rel or d.stuck_on_rate or d.stuck_off_rate
-                                or _active(self.program_noise))
+                                or is_active(self.program_noise))
 
     # ---- per-device draws ----------------------------------------------------------------------
     def persistent(self, shape) -> dict[str, np.ndarray | None]:
@@ -77,7 +77,7 @@ class DeviceArray:
             g = lo + (g - d.g_min_us) * (hi - lo) / d.window_us
         else:
             lo, hi = d.g_min_us, d.g_max_us
-        if _active(self.program_noise):
+        if is_active(self.program_noise):
             g = self.program_noise.write(g, lo, hi, d.window_us, self.rng)
         if mask is not None:
             g = np.where(mask[None], g, lo)
@@ -152,7 +152,7 @@ class DeviceArray:
                       enabled: bool = True) -> np.ndarray | None:
         """Variance of one read summed over each pair (P, rows, out) in µS², or None without read noise."""
         rn = self.read_noise
-        if not enabled or not _active(rn):
+        if not enabled or not is_active(rn):
             return None
         w = self.device.window_us
         var = None
@@ -162,6 +162,6 @@ class DeviceArray:
         return np.broadcast_to(var, g[0].shape).copy() if np.ndim(var) < g[0].ndim else var
 
 
-def _active(model) -> bool:
+def is_active(model) -> bool:
     """False for a constant model whose magnitude is zero (it would change nothing)."""
     return not (model.name == "constant" and not getattr(model, "rel", 1.0))
