@@ -323,9 +323,10 @@ class Crossbar:
         compensate: global drift compensation, one digital factor that restores the summed
         absolute column current for an all-ones input (as aihwkit does); it acts on currents,
         before the per-column gain and the digital offset. True (or "exact") computes the factor
-        from the noise-free conductances; "read" measures it the way a chip can, through one
-        noisy in-memory read of an all-ones input before and after (read noise, tiles and ADC
-        included; the reads come from the copy's own noise stream).
+        from the noise-free conductances; "read" measures it the way a chip can (and aihwkit's
+        GlobalDriftCompensation does): the summed |output| of noisy in-memory reads of one-hot
+        inputs, as programmed over now (read noise, tiles and ADC included, from a noise stream
+        of the copy's own).
         """
         self._check_programmed()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
@@ -354,7 +355,7 @@ class Crossbar:
         new._alpha_src = None
         if compensate:
             pair = self.mapping == "differential"
-            if compensate == "read":   # one noisy read of an all-ones input before and after, as a chip can
+            if compensate == "read":   # noisy one-hot reads before and after, as a chip can
                 var0 = self.physics.read_variance([st.gp0, st.gn0][:1 + pair], [st.gp0, st.gn0][:1 + pair], None,
                                                   enabled=self.settings.read_noise)
                 var1 = self.physics.read_variance([gp, gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], seconds,

@@ -243,13 +243,14 @@ class ReadPath:
 
 def summed_column_read(settings: Settings, window_us: float, gd: np.ndarray, var: np.ndarray | None,
                        sig: np.ndarray, stream: int, reads: int) -> float:
-    """Sum of |column outputs| of one in-memory read of an all-ones input, before the digital gain.
+    """Sum of |outputs| of in-memory reads of one-hot inputs (every row alone), before the digital gain.
 
-    What a chip can measure for global drift compensation (aihwkit's readout): tiles, ADC (its
-    range calibrated on this read) and read noise included, from noise stream (stream, reads).
+    What a chip can measure for global drift compensation (aihwkit's GlobalDriftCompensation reads
+    the identity the same way): tiles, ADC (its range calibrated on this read) and read noise
+    included, from noise stream (stream, reads).
     """
     from collections import defaultdict
     rp = ReadPath(settings, window_us, defaultdict(int), stream)
     rp.reads = reads
     rp.install(gd, var, sig, np.ones(gd.shape[2]))
-    return float(np.abs(rp.read(np.ones((1, gd.shape[1]), np.float32), "fwd")).sum())
+    return float(np.abs(rp.read(np.eye(gd.shape[1], dtype=np.float32), "fwd")).sum())
