@@ -99,9 +99,12 @@ def test_compensation_through_a_noisy_read_is_close_to_the_exact_one():
     dev = Device.preset("pcm-inference")
     W = np.random.default_rng(3).uniform(-1, 1, (256, 64)).astype(np.float32)
     xb = Crossbar(dev, seed=5, range="local").program(W)
-    exact = xb.at(86400 * 365, compensate=True).drift_compensation
-    read = xb.at(86400 * 365, compensate="read").drift_compensation
-    assert exact > 1.2 and abs(read / exact - 1) < 0.02
+    year = 86400 * 365
+    exact = xb.at(year, compensate=True).drift_compensation
+    read = xb.at(year, compensate="read").drift_compensation
+    # "read" is the one-hot readout: sum |W| as programmed over sum |W| now, measured with read noise
+    onehot = np.abs(xb.weights()).sum() / np.abs(xb.at(year).weights()).sum()
+    assert exact > 1.2 and abs(read / onehot - 1) < 0.03 and abs(read / exact - 1) < 0.1
     with pytest.raises(ConfigError, match="compensate"):
         xb.at(10, compensate="yes")
 
