@@ -76,7 +76,7 @@ def test_drifted_evaluation_after_reload(tmp_path):
     # G(t) = G(t0) (t/t0)^-nu with the saved nu.
     xb0 = run.network().layers[0].crossbar
     xb1 = run.network(at_seconds=day).layers[0].crossbar
-    nu = xb0._persist["nu"]
+    nu = xb0.physics.persist["nu"]
     f = (day / xb0.device.drift_t0_s) ** -nu
     np.testing.assert_allclose(xb1.conductances()[0], xb0.conductances()[0] * f[0], rtol=1e-12)
     # Conductances fall, the logits shrink and the loss grows with time; compensation undoes most.
@@ -133,7 +133,7 @@ def test_missing_and_corrupted_files_give_clear_errors(tmp_path):
     damaged = tmp_path / "damaged.h5"
     damaged.write_bytes(data)
     with h5py.File(damaged, "a") as f:
-        del f["layers/1/crossbar/gp0"]
+        del f["layers/1/crossbar/state/gp0"]
     with pytest.raises(CheckpointError, match="corrupted.*gp0"):
         checkpoint.load(damaged)
     with h5py.File(damaged, "a") as f:
@@ -145,9 +145,36 @@ def test_missing_and_corrupted_files_give_clear_errors(tmp_path):
     assert issubclass(CheckpointError, XbarError)
 
 
-def test_cnn_and_binary_networks_are_refused_not_saved_wrong(tmp_path):
+def test_a_bare_cnn_network_without_its_spec_is_refused(tmp_path):
     from xbar.checkpoint import CheckpointError, save
     from xbar.nn import NetworkSpec
     net = NetworkSpec.preset("lenet5-binary").build(784, 10, np.random.default_rng(0))
-    with pytest.raises(CheckpointError, match="dense layers only"):
+    with pytest.raises(CheckpointError, match="not a plain dense layer"):
         save(tmp_path / "x.h5", net, {"network": "lenet5-binary"})
+
+
+@pytest.mark.parametrize("network", ["lenet5", "lenet5-binary"])
+def test_cnn_and_binary_networks_round_trip(tmp_path, network):
+    """Conv, pooling, batch norm and binary weights: a saved run predicts exactly as the trainer did,
+    fresh and after drift."""
+    cfg = TrainConfig(network=network, dataset="digits", epochs=1, update="qat", bits=3,
+                      device="pcm-inference", adc_bits=8).resolve()
+    from xbar.nn import NetworkSpec
+    spec = NetworkSpec.preset(network)
+    rng = np.random.default_rng(0)
+    X = rng.random((48, int(np.prod(spec.input))), dtype=np.float32)
+    y = rng.integers(0, 10, 48)
+    tr = Trainer(cfg, X.shape[1], 10)
+    for s in range(0, 48, 16):
+        tr.step(X[s:s + 16], y[s:s + 16])
+    path = checkpoint.save(tmp_path / "cnn.h5", tr, cfg, {"status": "ok"})
+    assert (path.stat().st_mode & 0o777) != 0o600       # readable like any other output
+    run = checkpoint.load(path)
+    net = run.network()
+    assert [type(layer).__name__ for layer in net.layers] == [type(layer).__name__ for layer in tr.net.layers]
+    assert [layer.bn is None for layer in net.layers] == [layer.bn is None for layer in tr.net.layers]
+    want = evaluate(tr.net, X, y, 1000)
+    assert evaluate(net, X, y, 1000) == want
+    assert run.scores(X, y) == want                      # a pure function of the file
+    drifted = [run.scores(X, y, at_seconds=86400, compensate=True) for _ in range(2)]
+    assert drifted[0] == drifted[1]

@@ -118,7 +118,7 @@ def digital_offset(xb, sig):
     """beta per column: W_eff - alpha * sum_p sig_p Gd_p (zero unless the mapping needs it)."""
     gp, gn = xb.conductances()
     gsum = np.einsum("p,pio->io", sig, gp - gn)
-    beta = xb.weights() - xb._alpha_eff[None, :] * gsum[: xb.weights().shape[0]]
+    beta = xb.weights() - xb.read.alpha_eff[None, :] * gsum[: xb.weights().shape[0]]
     np.testing.assert_allclose(beta, beta[:1].repeat(len(beta), 0), atol=1e-9)
     return beta[0]
 
@@ -148,7 +148,7 @@ def mvm_reference(xb, X, X_cal):
     gd = gp - gn
     P, rows, n_out = gd.shape
     sig = plane_significance(xb)
-    alpha, beta = xb._alpha_eff, digital_offset(xb, sig)
+    alpha, beta = xb.read.alpha_eff, digital_offset(xb, sig)
     X = X.astype(np.float64)
     xs, s = dac_dynamic(X)
     xc, _ = dac_dynamic(X_cal.astype(np.float64))
@@ -176,7 +176,7 @@ def mvm_t_reference(xb, E, E_cal):
     gd = gp - gn
     P, rows, n_out = gd.shape
     sig = plane_significance(xb)
-    alpha, beta = xb._alpha_eff, digital_offset(xb, sig)
+    alpha, beta = xb.read.alpha_eff, digital_offset(xb, sig)
     E = E.astype(np.float64)
     es, s = dac_dynamic(E * alpha)
     ec, _ = dac_dynamic(E_cal.astype(np.float64) * alpha)
@@ -299,7 +299,7 @@ def output_variance(xb, X):
         var = (s * gp) ** 2 + ((s * gn) ** 2 if xb.mapping == "differential" else 0.0)
     else:
         var = np.full_like(gp, (2 if xb.mapping == "differential" else 1) * (s * d.window_us) ** 2)
-    var_w = np.einsum("p,pio->io", sig ** 2, var) * xb._alpha_eff[None, :] ** 2
+    var_w = np.einsum("p,pio->io", sig ** 2, var) * xb.read.alpha_eff[None, :] ** 2
     return X.astype(np.float64) ** 2 @ var_w, var_w
 
 

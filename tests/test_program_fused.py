@@ -16,23 +16,23 @@ def test_fused_program_equals_numpy_path(rng, gain, bits, shape):
     W = np.random.default_rng(bits).normal(0, 0.6, shape).astype(np.float32)   # some beyond [-1, 1]
     dev = Device(name="u", g_min_us=0.5, g_max_us=10.0, bits=bits)
     xb = Crossbar(dev, range=rng, gain=gain, seed=0)
-    assert xb._fused_program
+    assert xb.planner.fused
     xb.program(W)
     codes = mp.weights_to_codes(W, levels_per_plane=2 ** bits, slices=1, mapping="differential", quant=None,
                                 quant_bits=None, rng=rng, gain=gain, w_range=(-1.0, 1.0))
     ref = mp.codes_to_planes(codes, dev, "differential", 1)
     gp, gn = xb.conductances()
     assert np.array_equal(gp, ref.gp) and np.array_equal(gn, ref.gn)
-    assert np.array_equal(xb._alpha, ref.alpha)
+    assert np.array_equal(xb.state.alpha, ref.alpha)
     assert xb.stats()["weights_clipped"] == ref.clipped
 
 
 def test_fused_path_only_where_it_applies():
     dev = Device(name="u", bits=3)
-    assert Crossbar(dev, quant="asymm")._fused_program
-    assert not Crossbar(dev, mapping="offset")._fused_program
-    assert not Crossbar(dev, slices=2)._fused_program
-    assert not Crossbar(Device.preset("ideal"))._fused_program
+    assert Crossbar(dev, quant="asymm").planner.fused
+    assert not Crossbar(dev, mapping="offset").planner.fused
+    assert not Crossbar(dev, slices=2).planner.fused
+    assert not Crossbar(Device.preset("ideal")).planner.fused
 
 
 def test_fused_adam_equals_numpy_adam():
@@ -61,7 +61,7 @@ def test_fused_quant_program_equals_numpy_path(quant, dev_bits, rng, gain, bits)
     W[3, 7] = 0.5 * (W[:, 7].min() + W[:, 7].max())   # a tie candidate
     dev = Device(name="u", g_min_us=0.5, g_max_us=10.0, bits=dev_bits)
     xb = Crossbar(dev, quant=quant, quant_bits=bits, range=rng, gain=gain, w_range=(-0.9, 0.8), seed=0)
-    assert xb._fused_program
+    assert xb.planner.fused
     xb.program(W)
     codes = mp.weights_to_codes(W, levels_per_plane=None if dev_bits is None else 2 ** dev_bits, slices=1,
                                 mapping="differential", quant=quant, quant_bits=bits, rng=rng, gain=gain,
@@ -69,7 +69,7 @@ def test_fused_quant_program_equals_numpy_path(quant, dev_bits, rng, gain, bits)
     ref = mp.codes_to_planes(codes, dev, "differential", 1)
     gp, gn = xb.conductances()
     assert np.array_equal(gp, ref.gp) and np.array_equal(gn, ref.gn)
-    assert np.array_equal(xb._alpha, ref.alpha) and np.array_equal(xb._beta, ref.beta)
+    assert np.array_equal(xb.state.alpha, ref.alpha) and np.array_equal(xb.state.beta, ref.beta)
     assert xb.stats()["weights_clipped"] == ref.clipped
 
 

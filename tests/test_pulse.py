@@ -58,7 +58,7 @@ def test_stuck_devices_ignore_pulses():
     xb = Crossbar(dev, mapping="offset", seed=1).program(np.zeros((50, 50), np.float32))
     g0 = xb.conductances()[0][0].copy()
     xb.pulse(np.full((50, 50), 3))
-    stuck = xb._persist["stuck"][0][0] == -1
+    stuck = xb.physics.persist["stuck"][0][0] == -1
     assert stuck.any()
     assert np.allclose(xb.conductances()[0][0][stuck], 1.0)
     assert np.allclose(xb.conductances()[0][0][~stuck], g0[~stuck] + 3.0)

@@ -41,67 +41,40 @@ from .errors import XbarError
 from .nn import Dense, Network
 
 FORMAT = "xbar-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: crossbars as Crossbar.state_dict(), network spec, batch norm; 1 still read
 
 
 class CheckpointError(XbarError, OSError):
     """A run file is missing, unreadable, corrupted or not an xbar run file."""
 
 
-# ---- the one place that reaches into Crossbar internals ---------------------------------------------
-# A public Crossbar.state_dict() / Crossbar.load_state() pair should replace these two functions.
-
-_SETTINGS = ("tile", "mapping", "adc_bits", "dac_bits", "seed", "range", "w_range", "quant", "quant_bits",
-             "gain", "slices", "adc_range", "adc_percentile", "dac_range", "bias", "read_noise")
-
+# ---- crossbars: through their public state_dict ---------------------------------------------------
 
 def crossbar_state(xb: Crossbar) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(JSON-ready scalars, arrays) that rebuild `xb` exactly, programmed state and RNG included."""
-    xb._check_programmed()
-    meta = {
-        "device": xb.device.as_dict(),
-        "settings": {k: getattr(xb, k) for k in _SETTINGS},
-        "shape": list(xb._shape), "n_in": xb._n_in, "has_bias_row": xb._has_bias_row,
-        "t_s": xb.t_s, "drift_compensation": xb.drift_compensation,
-        "stream": int(xb._stream), "reads": int(xb._reads), "stats": xb._stats,
-        "rng_state": xb._rng.bit_generator.state,
-    }
-    arrays = {"gp0": xb._gp0, "gn0": xb._gn0, "gp": xb._gp, "gn": xb._gn, "sig": xb._sig,
-              "alpha": xb._alpha, "beta": xb._beta}
-    if xb._b_digital is not None:
-        arrays["b_digital"] = xb._b_digital
-    for k, v in (xb._persist or {}).items():
-        if v is not None:
-            arrays[f"persist/{k}"] = v
-    for way, v in xb._adc_fs.items():
-        if v is not None:
-            arrays[f"adc_fs/{way}"] = v
-    return meta, arrays
+    """(JSON-ready part, arrays) of ``xb.state_dict()``."""
+    sd = xb.state_dict()
+    arrays = sd.pop("arrays")
+    return sd, arrays
 
 
 def crossbar_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Crossbar:
-    """The inverse of :func:`crossbar_state`: a crossbar that reads exactly as the saved one would."""
-    dev = Device.from_dict({k: v for k, v in meta["device"].items() if v is not None})
-    settings = dict(meta["settings"])
-    settings["tile"] = tuple(settings["tile"])
-    settings["w_range"] = tuple(settings["w_range"])
-    xb = Crossbar(dev, **settings)
-    xb._shape = tuple(meta["shape"])
-    xb._n_in = int(meta["n_in"])
-    xb._has_bias_row = bool(meta["has_bias_row"])
-    xb._b_digital = arrays.get("b_digital")
-    xb._gp0, xb._gn0 = arrays["gp0"], arrays["gn0"]
-    xb._sig, xb._alpha, xb._beta = arrays["sig"], arrays["alpha"], arrays["beta"]
-    xb._persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None}
-    xb._persist.update({k[len("persist/"):]: v for k, v in arrays.items() if k.startswith("persist/")})
-    xb._adc_fs = {way: arrays.get(f"adc_fs/{way}") for way in ("fwd", "bwd")}
-    xb._rng.bit_generator.state = meta["rng_state"]
-    xb._stream, xb._reads = int(meta["stream"]), int(meta["reads"])
-    xb._stats = dict(meta["stats"])
-    xb.t_s = meta["t_s"]
-    xb.drift_compensation = float(meta["drift_compensation"])
-    xb._set_state(arrays["gp"], arrays["gn"])
-    return xb
+    """The inverse of :func:`crossbar_state`; also reads format-1 files (written before the split)."""
+    if meta.get("format") is None:
+        meta, arrays = _v1_state(meta, arrays)
+    return Crossbar.from_state_dict({**meta, "arrays": arrays})
+
+
+def _v1_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]):
+    """A format-1 crossbar record (flat private attributes) as a state_dict."""
+    state = {k: meta[k] for k in ("shape", "n_in", "has_bias_row", "t_s", "drift_compensation")}
+    new = {f"state/{k}": arrays[k] for k in ("gp0", "gn0", "gp", "gn", "sig", "alpha", "beta")}
+    if "b_digital" in arrays:
+        new["state/b_digital"] = arrays["b_digital"]
+    new.update({k: v for k, v in arrays.items() if k.startswith(("persist/", "adc_fs/"))})
+    sd = {"format": "xbar-crossbar", "version": 1, "device": meta["device"], "settings": meta["settings"],
+          "state": state, "stats": meta["stats"],
+          "streams": {"read_stream": meta["stream"], "reads": meta["reads"], "program_rng": meta["rng_state"]}}
+    return sd, new
 
 
 # ---- saving -------------------------------------------------------------------------------------------
@@ -142,13 +115,12 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
     if config is None:
         config = getattr(trainer_or_network, "cfg", None)
     cfg = config.as_dict() if hasattr(config, "as_dict") else dict(config or {})
-    for i, layer in enumerate(net.layers):
-        extra = [what for what, on in (("a convolution", layer.kind != "dense"), ("batch norm", layer.bn),
-                                       ("binary weights", layer.weights != "real"), ("pooling/dropout",
-                                       layer.tail or layer.head)) if on]
-        if extra:
-            raise CheckpointError(f"save: layer {i} has {', '.join(extra)}; this checkpoint format holds "
-                                  "dense layers only so far (CNN and binary networks cannot be saved yet)")
+    spec_data = _spec_data(trainer_or_network, net)
+    if spec_data is None:
+        for i, layer in enumerate(net.layers):
+            if layer.kind != "dense" or layer.bn is not None or layer.tail or layer.head:
+                raise CheckpointError(f"save: layer {i} is not a plain dense layer and the network's spec "
+                                      "file is unknown; save a Trainer (it knows its spec) instead")
     update = getattr(trainer_or_network, "update", None)
     path = Path(path)
     if not path.parent.is_dir():
@@ -166,10 +138,20 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
             f.attrs["network"] = net.name
             f.attrs["output"] = net.output
             f.attrs["n_layers"] = len(net.layers)
+            if spec_data is not None:
+                f.attrs["network_spec"] = _json(spec_data)
+                f.attrs["n_in"] = _net_input_size(net)
+                f.attrs["n_classes"] = net.layers[-1].n_out
             for i, layer in enumerate(net.layers):
                 g = f.create_group(f"layers/{i}")
                 g.attrs.update({"kind": layer.kind, "n_in": layer.n_in, "n_out": layer.n_out,
-                                "activation": layer.activation, "has_bias": layer.b is not None})
+                                "activation": layer.activation, "has_bias": layer.b is not None,
+                                "weights": layer.weights, "scale": layer.scale})
+                if layer.bn is not None:
+                    bn = g.create_group("batchnorm")
+                    bn.attrs.update({"momentum": layer.bn.momentum, "eps": layer.bn.eps})
+                    for k in ("gamma", "beta", "running_mean", "running_var"):
+                        bn[k] = getattr(layer.bn, k)
                 g["W"] = layer.W
                 if layer.b is not None:
                     g["b"] = layer.b
@@ -186,6 +168,9 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
             if update is not None and hasattr(update, "state_arrays"):
                 for k, v in update.state_arrays().items():
                     u[k] = v
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; a run file is as readable as any output
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -211,11 +196,16 @@ class Run:
         self.update_name = update_name
         self.update_state = update
         self._layers = layers
+        self.network_spec: dict[str, Any] | None = attrs.get("network_spec")
+        self.n_in: int | None = attrs.get("n_in")
+        self.n_classes: int | None = attrs.get("n_classes")
 
     def network(self, at_seconds: float | None = None, compensate: bool = False) -> Network:
         """A new Network as saved, or with every crossbar read `at_seconds` after programming
         (Crossbar.at; compensate: global drift compensation)."""
-        rng = np.random.default_rng(0)   # Dense draws initial weights; they are overwritten
+        rng = np.random.default_rng(0)   # layers draw initial weights; they are overwritten
+        if self.network_spec is not None:
+            return self._network_from_spec(rng, at_seconds, compensate)
         layers = []
         for spec in self._layers:
             layer = Dense(spec["n_in"], spec["n_out"], spec["activation"], rng=rng, bias=spec["b"] is not None)
@@ -227,6 +217,32 @@ class Run:
                 layer.crossbar = xb if at_seconds is None else xb.at(at_seconds, compensate=compensate)
             layers.append(layer)
         return Network(layers, self.output, self.network_name)
+
+    def _network_from_spec(self, rng, at_seconds, compensate) -> Network:
+        """Any network (conv, pooling, batch norm, binary): rebuilt from its spec, then restored."""
+        from .nn import NetworkSpec
+        from .conv import BatchNorm
+        spec = NetworkSpec.from_dict(self.network_spec["data"], file=self.network_spec.get("file"))
+        net = spec.build(self.n_in, self.n_classes, rng)
+        if len(net.layers) != len(self._layers):
+            raise CheckpointError(f"{self.path}: the saved spec builds {len(net.layers)} layers, the file "
+                                  f"holds {len(self._layers)}")
+        for layer, saved in zip(net.layers, self._layers):
+            layer.weights, layer.scale = saved["weights"], saved["scale"]
+            layer.W = np.ascontiguousarray(saved["W"], dtype=np.float32)
+            layer.b = None if saved["b"] is None else np.ascontiguousarray(saved["b"], dtype=np.float32)
+            layer.mask = None if saved["mask"] is None else saved["mask"].copy()
+            if saved["bn"] is None:
+                layer.bn = None
+            else:
+                meta, arrays = saved["bn"]
+                layer.bn = BatchNorm(layer.n_out, momentum=meta["momentum"], eps=meta["eps"])
+                for k, v in arrays.items():
+                    setattr(layer.bn, k, np.ascontiguousarray(v, dtype=np.float32))
+            if saved["crossbar"] is not None:
+                xb = crossbar_from_state(*saved["crossbar"])
+                layer.crossbar = xb if at_seconds is None else xb.at(at_seconds, compensate=compensate)
+        return net
 
     def scores(self, X, y, at_seconds: float | None = None, compensate: bool = False,
                batch_size: int = 1000) -> tuple[float, float]:
@@ -316,13 +332,20 @@ def _read(path: Path, f) -> Run:
                               f"{FORMAT_VERSION} and older); upgrade xbar")
     attrs = {k: json.loads(_text(f.attrs[k])) for k in ("config", "result", "versions")}
     attrs.update(seed=int(f.attrs["seed"]), network=_text(f.attrs["network"]), output=_text(f.attrs["output"]))
+    if "network_spec" in f.attrs:
+        attrs.update(network_spec=json.loads(_text(f.attrs["network_spec"])), n_in=int(f.attrs["n_in"]),
+                     n_classes=int(f.attrs["n_classes"]))
     layers = []
     for i in range(int(f.attrs["n_layers"])):
         g = f[f"layers/{i}"]
         spec = {"n_in": int(g.attrs["n_in"]), "n_out": int(g.attrs["n_out"]),
                 "activation": _text(g.attrs["activation"]), "W": g["W"][()],
                 "b": g["b"][()] if bool(g.attrs["has_bias"]) else None,
-                "mask": g["mask"][()] if "mask" in g else None, "crossbar": None}
+                "mask": g["mask"][()] if "mask" in g else None, "crossbar": None, "bn": None,
+                "weights": _text(g.attrs.get("weights", "real")), "scale": _text(g.attrs.get("scale", "none"))}
+        if "batchnorm" in g:
+            bn = g["batchnorm"]
+            spec["bn"] = ({k: float(bn.attrs[k]) for k in ("momentum", "eps")}, {k: bn[k][()] for k in bn})
         if "crossbar" in g:
             c = g["crossbar"]
             spec["crossbar"] = (json.loads(_text(c.attrs["meta"])), _arrays(c))
@@ -332,6 +355,22 @@ def _read(path: Path, f) -> Run:
     run = Run(path, attrs, layers, update, _text(u.attrs.get("name", "")))
     run.network()   # rebuild once now, so a damaged file fails at load, not at the first evaluation
     return run
+
+
+def _spec_data(trainer_or_network, net: Network) -> dict[str, Any] | None:
+    """{"data": the network spec as parsed TOML, "file": where it came from}, or None if unknown."""
+    from .config import load_toml
+    spec = getattr(trainer_or_network, "spec", None)
+    if spec is None or getattr(spec, "file", None) is None:
+        return None
+    return {"data": load_toml(spec.file), "file": str(spec.file)}
+
+
+def _net_input_size(net: Network) -> int:
+    shape = getattr(net, "input_shape", None)
+    if shape is not None:
+        return int(np.prod(shape))
+    return int(net.layers[0].n_in)
 
 
 def _arrays(group) -> dict[str, np.ndarray]:

@@ -1,8 +1,11 @@
 """Memristive device models: conductance levels and the non-idealities of programming and reading.
 
-A :class:`Device` is pure data (a frozen dataclass validated from TOML or keywords). The
-physics that acts on arrays of devices lives in small functions here (`draw_*`, `drift`,
-`pulse_response`); the crossbar calls them. Conductances are in microsiemens (µS).
+A :class:`Device` is pure data (a frozen dataclass validated from TOML or keywords): its levels,
+its window and which model describes each effect. The flat fields (``program_noise_rel``,
+``read_noise_rel``, ``drift_nu_*``) are the constant models; a TOML table ``[program_noise]``,
+``[read_noise]`` or ``[drift]`` with ``model = "<name>"`` picks a state- or time-dependent model from
+:mod:`xbar.physics` instead. The NeuroSim pulse response (`pulse_response`, `pulse_number`) lives
+here too. Conductances are in microsiemens (µS).
 """
 
 from __future__ import annotations
@@ -61,6 +64,22 @@ FIELDS: tuple[Field, ...] = (
     Field("c2c_rel", "float", 0.0, "Cycle-to-cycle std per pulse, relative to the window.", lo=0.0, hi=1.0),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
+MODEL_KINDS = ("program_noise", "read_noise", "drift")
+
+
+def _model_tables(tables: dict[str, Any], file: str | None) -> dict[str, dict]:
+    """Validate model tables ({"model": name, ...}) now, so a bad one fails before any work."""
+    from .physics import get_model
+    out = {}
+    for kind, spec in tables.items():
+        if spec is None:
+            out[kind] = None
+            continue
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where_text(file, kind)}: expected a table with model = \"<name>\" "
+                              f"(e.g. [{kind}] model = \"constant\"), got {spec!r}")
+        out[kind] = get_model(kind, spec, file=file).as_dict()
+    return out
 
 
 @dataclass(frozen=True)
@@ -91,13 +110,20 @@ class Device:
     nonlinearity_ltp: float = 0.0
     nonlinearity_ltd: float = 0.0
     c2c_rel: float = 0.0
+    # Model tables ({"model": name, **params}) chosen in the TOML; None = the constant model.
+    program_noise: dict | None = dataclasses.field(default=None, hash=False)
+    read_noise: dict | None = dataclasses.field(default=None, hash=False)
+    drift: dict | None = dataclasses.field(default=None, hash=False)
     file: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, file: str | None = None) -> Device:
         """Validate a plain dict (e.g. a parsed TOML table); errors name `file` and the field."""
+        data = dict(data)
+        tables = {k: data.pop(k) for k in MODEL_KINDS if k in data}
         values = validate_fields(FIELDS, data, file=file)
+        values.update(_model_tables(tables, file))
         dev = cls(**values, file=file)
         dev._check_consistency()
         return dev
@@ -139,14 +165,32 @@ class Device:
         if "levels_us" in changes and "bits" not in changes:
             base["bits"] = None
         where = f"{self.name}.with_()"
+        changes = dict(changes)
+        tables = _model_tables({k: changes.pop(k) for k in MODEL_KINDS if k in changes}, self.file or where)
         values = validate_fields(FIELDS, changes, file=where, base=base)
+        values.update(tables)
         dev = dataclasses.replace(self, **values)
         dev._check_consistency(file=where)
         return dev
 
     def as_dict(self) -> dict[str, Any]:
-        """Field values as a plain dict (TOML-ready; None fields included)."""
-        return {f: getattr(self, f) for f in FIELD_NAMES}
+        """Field values as a plain dict (TOML-ready; None fields included; model tables if any)."""
+        out = {f: getattr(self, f) for f in FIELD_NAMES}
+        out.update({k: getattr(self, k) for k in MODEL_KINDS if getattr(self, k) is not None})
+        return out
+
+    def models(self) -> tuple:
+        """(program noise, read noise, drift) model objects of :mod:`xbar.physics`.
+
+        A model table from the TOML wins; otherwise the constant models built from the flat fields.
+        """
+        from .physics import get_model
+        file = self.file
+        flat = {"program_noise": {"model": "constant", "rel": self.program_noise_rel},
+                "read_noise": {"model": "constant", "rel": self.read_noise_rel, "kind": self.read_noise_kind},
+                "drift": {"model": "constant", "nu_mean": self.drift_nu_mean, "nu_std": self.drift_nu_std,
+                          "t0_s": self.drift_t0_s}}
+        return tuple(get_model(k, getattr(self, k) or flat[k], file=file) for k in MODEL_KINDS)
 
     def _check_consistency(self, file: str | None = None) -> None:
         file = file or self.file
@@ -163,6 +207,11 @@ class Device:
             if lv[0] < self.g_min_us - 1e-12 or lv[-1] > self.g_max_us + 1e-12:
                 raise ConfigError(f"{where_text(file, 'levels_us')}: levels must lie in "
                                   f"[g_min_us, g_max_us] = [{self.g_min_us}, {self.g_max_us}]")
+        for kind, flat in (("program_noise", ("program_noise_rel",)), ("read_noise", ("read_noise_rel",)),
+                           ("drift", ("drift_nu_mean", "drift_nu_std"))):
+            if getattr(self, kind) is not None and any(getattr(self, f) for f in flat):
+                raise ConfigError(f"{where_text(file, kind)}: a [{kind}] model table and {' / '.join(flat)} "
+                                  "both describe this effect; keep one")
         if self.stuck_on_rate + self.stuck_off_rate > 1.0:
             raise ConfigError(f"{where_text(file, 'stuck_on_rate')} + stuck_off_rate = "
                               f"{self.stuck_on_rate + self.stuck_off_rate} must be at most 1")
@@ -201,7 +250,7 @@ class Device:
         """No noise, no faults, no drift, no spread (levels may still be discrete)."""
         return (self.program_noise_rel == 0 and self.read_noise_rel == 0 and self.g_d2d_rel == 0
                 and self.stuck_on_rate == 0 and self.stuck_off_rate == 0 and self.drift_nu_mean == 0
-                and self.drift_nu_std == 0)
+                and self.drift_nu_std == 0 and all(getattr(self, k) is None for k in MODEL_KINDS))
 
     def summary(self) -> str:
         """Short description of the levels: '3-bit', '97 levels', 'analog', '5 measured levels'."""

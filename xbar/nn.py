@@ -300,11 +300,14 @@ class CrossbarLayer:
                 W *= self.mask
         return W
 
-    def program(self) -> None:
-        """Write the stored weights (and bias) onto the crossbar, if the layer has one."""
+    def program(self, cells: np.ndarray | None = None) -> None:
+        """Write the stored weights (and bias) onto the crossbar, if the layer has one.
+
+        cells: None, or the boolean (n_in, n_out) cells to write (the rest keep their conductance).
+        """
         if self.crossbar is not None:
             # pruned cells (mask) are left unprogrammed at g_min and leave the crossbar's statistics
-            self.crossbar.program(self.stored_weights(), self.b, mask=self.mask)
+            self.crossbar.program(self.stored_weights(), self.b, mask=self.mask, cells=cells)
 
     def calibrate(self, x: np.ndarray) -> np.ndarray:
         """Set the crossbar's ADC full scale from a batch of this layer's inputs x (batch, in_size)

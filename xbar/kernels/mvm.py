@@ -112,8 +112,12 @@ def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
 
 
 def _dac_dynamic(X, xs, scale):
-    """Dynamic input scaling of the DAC: scale[b] = max_j |X[b, j]| (1 where that is 0) and
-    xs = X / scale, one pass per row; threads split the rows."""
+    """Dynamic input scaling of the DAC: scale[b] = max_j |X[b, j]| (1 where that is 0 or
+    subnormal) and xs = X / scale, one pass per row; threads split the rows.
+
+    A subnormal row maximum (< 1.18e-38) would make the reciprocal that fast-math division uses
+    overflow to inf; such a row is read unscaled (its products are below float32's range anyway).
+    """
     B, N = X.shape
     for b in prange(B):
         m = np.float32(0.0)
@@ -121,7 +125,7 @@ def _dac_dynamic(X, xs, scale):
             v = abs(X[b, j])
             if v > m:
                 m = v
-        if not m > 0:
+        if not m >= np.float32(1.1754944e-38):
             m = np.float32(1.0)
         scale[b, 0] = m
         for j in range(N):

@@ -431,14 +431,11 @@ class InSituUpdate(Update):
         st = self.states[i]
         gone = np.zeros(st.prev.shape, bool)
         gone[:layer.n_in] = old & ~layer.mask
-        xb = layer.crossbar
-        before = xb.conductances()
         if st.pulsed:
-            layer.program()
+            layer.program(cells=gone[:layer.n_in])
         else:
             st.k[gone] = np.clip(np.rint((0.0 - st.off) / st.eps), st.k_lo, st.k_hi)
-            _program_stacked(layer, st.off + st.k * st.eps)
-        _keep_unchanged(xb, before, gone)
+            _program_stacked(layer, st.off + st.k * st.eps, cells=gone)
         if st.chi is not None:
             st.chi[gone] = 0.0
         self._store(layer, st)
@@ -473,10 +470,9 @@ class InSituUpdate(Update):
     def _relevel(self, layer, st, n):
         k = np.clip(st.k + n, st.k_lo, st.k_hi)
         changed = k != st.k
-        if layer.crossbar.device.program_noise_rel:
-            before = layer.crossbar.conductances()
-            _program_stacked(layer, st.off + k * st.eps)
-            _keep_unchanged(layer.crossbar, before, changed)
+        if layer.crossbar.has_write_noise:
+            # Physically only the changed cells are written, so only they get a fresh write-noise draw.
+            _program_stacked(layer, st.off + k * st.eps, cells=changed)
         else:
             _program_stacked(layer, st.off + k * st.eps)
         st.k = k
@@ -529,21 +525,9 @@ def _stack(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return np.array(W) if b is None else np.vstack([W, b[None, :]])
 
 
-def _program_stacked(layer, target: np.ndarray) -> None:
+def _program_stacked(layer, target: np.ndarray, cells: np.ndarray | None = None) -> None:
     n_in = layer.n_in
-    layer.crossbar.program(target[:n_in], None if layer.b is None else target[n_in])
-
-
-def _keep_unchanged(xb: Crossbar, before: tuple[np.ndarray, np.ndarray], changed: np.ndarray) -> None:
-    """After a full program, give the cells whose level did not change their old conductances back.
-
-    Physically only the changed cells are written, so only they get a fresh write-noise draw.
-    Touches Crossbar internals (_gp0, _gn0, _set_state): a public partial program belongs there.
-    """
-    gp = np.where(changed[None], xb._gp0, before[0])
-    gn = np.where(changed[None], xb._gn0, before[1])
-    xb._gp0, xb._gn0 = gp, gn
-    xb._set_state(gp, gn)
+    layer.crossbar.program(target[:n_in], None if layer.b is None else target[n_in], cells=cells)
 
 
 _UPDATES = {"float": FloatUpdate, "nearest": NearestUpdate, "stochastic": StochasticUpdate, "qat": QATUpdate,

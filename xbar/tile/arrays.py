@@ -1,0 +1,51 @@
+"""Input arrays for the crossbar: validated once, as the float32 C-contiguous arrays kernels take."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NonFiniteError, ShapeError
+
+
+def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite: bool = True) -> np.ndarray:
+    """Validate an input array (real, right ndim/width, finite) and return it as C-contiguous float32.
+
+    check_finite=False skips the finiteness pass; hot paths then check their (smaller) output
+    and call :func:`raise_nonfinite` to name the culprit.
+    """
+    if (type(a) is np.ndarray and a.dtype == np.float32 and a.ndim == ndim and a.flags.c_contiguous
+            and a.size and (cols is None or a.shape[-1] == cols)):
+        # The hot path (training): already what the kernels take; only finiteness is left to check.
+        if check_finite and not np.isfinite(a).all():
+            raise_nonfinite(name, a, a)
+        return a
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"{name}: not a rectangular numeric array ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise ShapeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ShapeError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
+    if cols is not None and arr.shape[-1] != cols:
+        raise ShapeError(f"{name}: expected last dimension {cols}, got shape {arr.shape}")
+    if any(s == 0 for s in arr.shape) and name == "W":
+        raise ShapeError(f"{name}: empty matrix of shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
+    if check_finite and not np.isfinite(arr32).all():
+        raise_nonfinite(name, arr, arr32)
+    return arr32
+
+
+def raise_nonfinite(name: str, orig, arr32: np.ndarray) -> None:
+    """Raise a ShapeError naming the first NaN/inf (or float32 overflow) in an input."""
+    where = np.argwhere(~np.isfinite(arr32))
+    if len(where) == 0:
+        raise NonFiniteError(f"{name}: the product overflowed the float32 range (inputs and weights "
+                             "are finite but too large)")
+    bad = tuple(int(i) for i in where[0])
+    value = np.asarray(orig)[bad]
+    if np.isfinite(value):
+        raise NonFiniteError(f"{name}: value {float(value):.3g} at index {bad} is beyond the float32 range")
+    raise NonFiniteError(f"{name}: contains NaN or inf (first at index {bad})")

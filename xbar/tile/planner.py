@@ -1,0 +1,98 @@
+"""The programming planner: weights -> target conductances per plane, gains and offsets.
+
+Pure mapping (:mod:`xbar.mapping`) plus the fused numba fast paths for the common training
+cases, which give the same planes in one pass. The planner knows the grid (device levels,
+quantizer, range, gain) and nothing of noise, faults or time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import mapping as mp
+from ..device import Device
+from ..errors import ConfigError
+from ..kernels.program import program_differential, program_quant_differential
+from .settings import Settings
+
+
+class Planner:
+    """Turns a weight matrix into :class:`xbar.mapping.Planes` for one crossbar's settings."""
+
+    def __init__(self, device: Device, settings: Settings):
+        self.device = device
+        self.s = settings
+        self.levels = device.levels()
+        s = settings
+        # The common training case gets a fused programming kernel (same result, one pass).
+        self.fused = (s.slices == 1 and s.mapping == "differential" and (
+            (s.quant is None and self.levels is not None and device.is_uniform)
+            or (s.quant is not None and (self.levels is None or device.is_uniform))))
+        self._quant_consts = None      # fused quantizer constants under a fixed (global) range
+        # Kernel-ready arrays the fused quantizer built for the last plan (net G, float32 G and
+        # forward weights), valid only when the write is exact: {"gd", "g32", "w_fwd32"} or None.
+        self.fresh: dict[str, np.ndarray] | None = None
+
+    def plan(self, W: np.ndarray) -> mp.Planes:
+        """Target planes for W (rows, out) (the bias row already stacked when bias is "row")."""
+        self.fresh = None
+        if self.fused:
+            return self._fused_quant(W) if self.s.quant is not None else self._fused(W)
+        s, levels = self.s, self.levels
+        codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
+                                    slices=s.slices, mapping=s.mapping, quant=s.quant,
+                                    quant_bits=s.quant_bits, rng=s.range, gain=s.gain, w_range=s.w_range)
+        return mp.codes_to_planes(codes, self.device, s.mapping, s.slices)
+
+    def _fused(self, W: np.ndarray) -> mp.Planes:
+        """Nearest device level on a differential pair, in one numba pass."""
+        d, s = self.device, self.s
+        lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, True)
+        L = len(self.levels)
+        k_max = float(L - 1)
+        m = hi
+        step = np.where(m > 0, m, 1.0) / k_max
+        dstep = d.window_us / (L - 1)
+        gp = np.empty((1,) + W.shape)
+        gn = np.empty((1,) + W.shape)
+        clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, gp[0], gn[0])
+        return mp.Planes(gp, gn, np.ones(1), step / dstep, np.zeros_like(m), int(clipped))
+
+    def _fused_quant(self, W: np.ndarray) -> mp.Planes:
+        """The seed quantizers on a differential pair (analog or uniform device), in one pass."""
+        d, s = self.device, self.s
+        c = self._quant_consts
+        if c is None:
+            n, symm = s.quant_bits, s.quant == "symm"
+            lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, symm)
+            span = hi - lo
+            nq = float(2 ** (n - 1) - 1) if symm else float(2 ** n - 1)
+            levels = self.levels
+            if levels is None:
+                dstep, lvl, top = d.window_us / nq, 1.0, 0.0
+            else:
+                L = len(levels)
+                if L - 1 < nq:
+                    raise ConfigError(f"the quantizer needs codes up to {int(nq)} but the device "
+                                      f"({d.summary()}, 1 slice(s)) holds at most {L - 1}: lower the "
+                                      "quantizer bits, raise the device bits or add slices")
+                lvl, top = d.window_us / (L - 1), float(L - 1)
+                dstep = max(1, (L - 1) // int(nq)) * lvl
+            step, beta = (hi / nq, np.zeros_like(hi)) if symm else (span / nq / 2, (lo + hi) / 2)
+            degenerate = span == 0
+            if np.any(degenerate):
+                step = np.where(degenerate, 1.0, step)
+                beta = np.where(degenerate, lo, beta)
+            c = (lo, hi, nq, symm, dstep, lvl, top, levels is not None, step / dstep, beta)
+            if s.range == "global":
+                self._quant_consts = c     # a fixed range: the same constants every program
+        lo, hi, nq, symm, dstep, lvl, top, snap, alpha, beta = c
+        gp = np.empty((1,) + W.shape)
+        gn = np.empty((1,) + W.shape)
+        gd = np.empty(W.shape)
+        g32 = np.empty(W.shape, np.float32)
+        w32 = np.empty(W.shape, np.float32)
+        clipped = program_quant_differential(W, lo, hi, nq, symm, dstep, d.g_min_us, lvl, top, snap, alpha,
+                                             gp[0], gn[0], gd, g32, w32)
+        self.fresh = {"gd": gd, "g32": g32, "w_fwd32": w32}
+        return mp.Planes(gp, gn, np.ones(1), alpha, beta, int(clipped))

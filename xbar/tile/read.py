@@ -1,0 +1,256 @@
+"""The read path of a programmed crossbar: DAC, per-tile currents, read noise, ADC, digital sums.
+
+:class:`ReadPath` holds what a read needs and nothing about how the state was made: the net
+conductances per plane ``gd`` (P, rows, out), the read variance (or None), the plane significance
+and the digital column gain. Its stages are public so tests and ``bench/profile_read.py`` call
+them instead of copying them:
+
+- :meth:`dac` — input scaling and DAC quantization;
+- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile);
+- :meth:`adc_params` — per-tile ADC steps, code bounds and gains (calibrating on first use);
+- :meth:`periphery` — the fused kernel: read noise, ADC and partial-sum add;
+- :meth:`read` — all of the above for inputs already through the DAC.
+
+Read noise comes from a counter-based stream ``(stream, reads)``: each read advances ``reads``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..kernels import rng as krng
+from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_periphery, tile_periphery_serial
+from .settings import Settings
+
+# Below this many tile outputs a parallel launch costs more than it saves (measured: ~35 µs serial
+# vs 0.1-3 ms for a parallel launch on two busy cores).
+PARALLEL_MIN = 1 << 15
+_NO_VAR = np.zeros((0, 0, 0), dtype=np.float32)
+
+
+class ReadPath:
+    """DAC -> tiles -> ADC -> digital periphery for one crossbar's present conductances."""
+
+    def __init__(self, settings: Settings, window_us: float, stats: dict[str, Any], stream: int):
+        self.s = settings
+        self.window_us = window_us
+        self.stats = stats
+        self.stream = int(stream)    # key of the read-noise stream (a drifted copy gets its own)
+        self.reads = 0               # counter of the read-noise stream
+        self.adc_fs: dict[str, np.ndarray | None] = {"fwd": None, "bwd": None}
+        self.cache: dict[str, Any] = {}
+
+    def install(self, gd: np.ndarray, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray) -> None:
+        """Conductances to read from; the kernel-ready arrays derived from them are built on first use."""
+        self.gd, self.var, self.sig, self.alpha_eff = gd, var, sig, alpha_eff
+        P, rows, out = gd.shape
+        R, C = self.s.tile
+        self.nrt, self.nct = -(-rows // R), -(-out // C)
+        self.cache = {}
+
+    def cached(self, key: str, build):
+        value = self.cache.get(key)
+        if value is None:
+            value = self.cache[key] = build()
+        return value
+
+    # ---- derived arrays ------------------------------------------------------------------------
+    def gsum(self) -> np.ndarray:
+        """sum_p sig_p (G+ - G-): the analog weight before the digital gain, (rows, out)."""
+        return self.cached("gsum", lambda: np.einsum("p,pio->io", self.sig, self.gd)
+                           if self.gd.shape[0] > 1 else self.gd[0])
+
+    def vsum(self) -> np.ndarray:
+        return self.cached("vsum", lambda: np.einsum("p,pio->io", self.sig ** 2, self.var))
+
+    @property
+    def w_fwd32(self) -> np.ndarray:
+        return self.cached("w_fwd32", lambda: np.ascontiguousarray(
+            self.gsum() * self.alpha_eff[None, :], dtype=np.float32))
+
+    @property
+    def g32(self) -> np.ndarray:
+        return self.cached("g32", lambda: np.ascontiguousarray(self.gsum(), dtype=np.float32))
+
+    @property
+    def v_fwd32(self) -> np.ndarray:
+        return self.cached("v_fwd32", lambda: np.ascontiguousarray(
+            self.vsum() * (self.alpha_eff ** 2)[None, :], dtype=np.float32))
+
+    @property
+    def v_bwd32(self) -> np.ndarray:
+        return self.cached("v_bwd32", lambda: np.ascontiguousarray(self.vsum().T, dtype=np.float32))
+
+    def fwd_stacks(self):
+        """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance."""
+        def build():
+            P, rows, out = self.gd.shape
+            R = self.s.tile[0]
+            pad = self.nrt * R - rows
+
+            def stack(a):
+                return np.pad(a, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(P, self.nrt, R, out)
+            return stack(self.gd), None if self.var is None else stack(self.var)
+        return self.cached("fwd", build)
+
+    def bwd_stacks(self):
+        """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t."""
+        def build():
+            C = self.s.tile[1]
+            P, rows, out = self.gd.shape
+            pad = self.nct * C - out
+
+            def stack(a):
+                a = np.pad(a, ((0, 0), (0, 0), (0, pad))).astype(np.float32)
+                return np.ascontiguousarray(a.reshape(P, rows, self.nct, C).transpose(0, 2, 3, 1))
+            return stack(self.gd), None if self.var is None else stack(self.var)
+        return self.cached("bwd", build)
+
+    # ---- stages --------------------------------------------------------------------------------
+    def dac(self, X: np.ndarray):
+        """Input scaling and DAC quantization; returns (driven inputs in [-1, 1], scale to undo)."""
+        s = self.s
+        if s.dac_range == "dynamic":
+            # One pass per row (numpy's max over short rows costs ~4x the division: 11 ms for
+            # 200,704 x 25 im2col rows).
+            xs = np.empty_like(X)
+            scale = np.empty((X.shape[0], 1), np.float32)
+            (dac_dynamic if X.size >= PARALLEL_MIN else dac_dynamic_serial)(X, xs, scale)
+        else:
+            scale = np.float32(s.dac_range)
+            xs = X / scale
+            n_over = int(np.count_nonzero(np.abs(xs) > 1.0))
+            if n_over:
+                self.stats["dac_clipped"] += n_over
+                xs = np.clip(xs, -1.0, 1.0)
+        if s.dac_bits is not None:
+            n = np.float32(2 ** (s.dac_bits - 1) - 1)
+            xs = np.round(xs * n) / n
+            self.stats["dac_conversions"] += X.size
+        return np.ascontiguousarray(xs, dtype=np.float32), scale
+
+    def read(self, xs: np.ndarray, way: str) -> np.ndarray:
+        """The analog read plus periphery, on inputs already through the DAC (before gains undo)."""
+        if self.s.adc_bits is None:
+            # No ADC: tiles do not change the math, so one BLAS product (and one for the variance).
+            g = self.w_fwd32 if way == "fwd" else self.g32.T   # BLAS reads the transpose in place
+            y = xs @ g
+            if self.var is not None:
+                v = self.v_fwd32 if way == "fwd" else self.v_bwd32
+                sd = np.sqrt((xs * xs) @ v)
+                self.reads += 1
+                fill = krng.add_scaled_normals if y.size >= PARALLEL_MIN else krng.add_scaled_normals_serial
+                fill(y, sd, np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN)
+            return y
+        if xs.shape[0] == 0:
+            return np.zeros((0, self.gd.shape[2] if way == "fwd" else self.gd.shape[1]), np.float32)
+        M, V, post = self.tile_currents(xs, way)
+        inv_step, step_post, qlo, qhi = self.adc_params(M, post, way)
+        return self.periphery(M, V, inv_step, step_post, qlo, qhi, post)
+
+    def periphery(self, M, V, inv_step, step_post, qlo, qhi, post) -> np.ndarray:
+        """The fused kernel: read noise on each tile output, its ADC, and the digital partial sums."""
+        T, B, N = M.shape
+        out = np.empty((B, N), dtype=np.float32)
+        clipped = np.empty(B, dtype=np.int64)
+        self.reads += 1
+        kernel = tile_periphery if M.size >= PARALLEL_MIN else tile_periphery_serial
+        kernel(M, V if V is not None else _NO_VAR, inv_step, step_post, qlo, qhi, post,
+               np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN, krng.WN32,
+               out, clipped)
+        self.stats["adc_conversions"] += M.size
+        self.stats["adc_clipped"] += int(clipped.sum())
+        return out
+
+    def tile_currents(self, xs: np.ndarray, way: str):
+        """Per-tile mean currents (T, B, N), variances (or None) and digital gains post (T, N)."""
+        B = xs.shape[0]
+        R, C = self.s.tile
+        P = self.gd.shape[0]
+        if way == "fwd":
+            n_t, size, (g, v) = self.nrt, R, self.fwd_stacks()
+            post = (self.sig[:, None, None] * self.alpha_eff[None, None, :]).repeat(n_t, axis=1)
+        else:
+            n_t, size, (g, v) = self.nct, C, self.bwd_stacks()
+            post = np.broadcast_to(self.sig[:, None, None], (P, n_t, g.shape[-1]))
+        # Reused output buffers: fresh ones are page-faulted in again on every read (measured
+        # ~2,000 faults and up to 2x the matmul time per call at 256x1024x1024).
+        n_out = g.shape[-1]
+        bufs = self.cached(f"bufs-{way}-{B}", lambda: (
+            np.empty((P, n_t, B, n_out), np.float32),
+            None if v is None else np.empty((P, n_t, B, n_out), np.float32)))
+        # One product per tile on a column slice of xs (BLAS takes the row stride): no padded,
+        # transposed copy of the input, and the last tile multiplies only its real rows. For tall,
+        # narrow inputs (a convolution's im2col rows: 200,704 x 25 for lenet5's first layer at
+        # batch 256) the padded copy was 2.5x the input and cost more than the products.
+        n_in = xs.shape[1]
+        x2 = None if v is None else xs * xs
+        for p in range(P):
+            for t in range(n_t):
+                lo, hi = t * size, min((t + 1) * size, n_in)
+                np.matmul(xs[:, lo:hi], g[p, t, :hi - lo], out=bufs[0][p, t])
+                if v is not None:
+                    np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1][p, t])
+        M = bufs[0].reshape(P * n_t, B, -1)
+        V = None if v is None else bufs[1].reshape(P * n_t, B, -1)
+        post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
+        return M, V, post
+
+    def _physical_fs(self, way: str) -> float:
+        return (self.s.tile[0] if way == "fwd" else self.s.tile[1]) * self.window_us
+
+    def adc_params(self, M: np.ndarray, post: np.ndarray, way: str):
+        """ADC step, code bounds and step*gain per (tile, output): full scale per tile."""
+        s = self.s
+        n = 2 ** (s.adc_bits - 1) - 1
+        T, B, N = M.shape
+        group = s.tile[1] if way == "fwd" else s.tile[0]   # outputs sharing one tile's ADC
+        n_groups = -(-N // group)
+        physical = self._physical_fs(way)
+        if s.adc_range == "physical":
+            fs = np.full((T, n_groups), physical)
+        elif s.adc_range == "calibrated":
+            if self.adc_fs[way] is None or self.adc_fs[way].shape != (T, n_groups):
+                self.adc_fs[way] = self.calibrated_fs(M, group, n_groups, physical)
+                self.stats[f"adc_auto_calibrated_{way}"] = True
+            fs = self.adc_fs[way]
+        else:
+            fs = np.full((T, n_groups), float(s.adc_range))
+        fs_cols = np.repeat(fs, group, axis=1)[:, :N]
+        step = (fs_cols / n).astype(np.float32)
+        inv_step = (1.0 / step).astype(np.float32)
+        qhi = np.full((T, N), n, dtype=np.float32)
+        return inv_step, np.ascontiguousarray(step * post), -qhi, qhi
+
+    def calibrated_fs(self, M: np.ndarray, group: int, n_groups: int, physical: float) -> np.ndarray:
+        """Full scale per tile: a percentile of |noise-free current| over a calibration batch."""
+        T, B, N = M.shape
+        pad = n_groups * group - N
+        a = np.abs(np.pad(M, ((0, 0), (0, 0), (0, pad)))).reshape(T, B, n_groups, group)
+        a = a.transpose(0, 2, 1, 3).reshape(T, n_groups, -1)
+        pct = self.s.adc_percentile
+        fs = np.percentile(a, pct, axis=2) if pct < 100 else a.max(axis=2)
+        return np.where(fs > 0, fs, physical)
+
+    def calibrate(self, xs: np.ndarray, way: str) -> None:
+        """Set the ADC full scale per tile of `way` from DAC'd calibration inputs xs."""
+        M, _, _ = self.tile_currents(xs, way)
+        group = self.s.tile[1] if way == "fwd" else self.s.tile[0]
+        self.adc_fs[way] = self.calibrated_fs(M, group, -(-M.shape[2] // group), self._physical_fs(way))
+
+
+def summed_column_read(settings: Settings, window_us: float, gd: np.ndarray, var: np.ndarray | None,
+                       sig: np.ndarray, stream: int, reads: int) -> float:
+    """Sum of |outputs| of in-memory reads of one-hot inputs (every row alone), before the digital gain.
+
+    What a chip can measure for global drift compensation (aihwkit's GlobalDriftCompensation reads
+    the identity the same way): tiles, ADC (its range calibrated on this read) and read noise
+    included, from noise stream (stream, reads).
+    """
+    from collections import defaultdict
+    rp = ReadPath(settings, window_us, defaultdict(int), stream)
+    rp.reads = reads
+    rp.install(gd, var, sig, np.ones(gd.shape[2]))
+    return float(np.abs(rp.read(np.eye(gd.shape[1], dtype=np.float32), "fwd")).sum())
