@@ -48,7 +48,7 @@ def test_ideal_is_ideal():
 
 
 def test_preset_by_path(tmp_path):
-    f = write(tmp_path / "my-cell.toml", 'source = "test"\ng_max_us = 5.0\nbits = 2\n')
+    f = write(tmp_path / "my-cell.toml", 'source = "test"\ng_min_us = 0.0\ng_max_us = 5.0\nbits = 2\n')
     dev = Device.preset(str(f))
     assert dev.name == "my-cell" and dev.n_levels == 4 and dev.g_max_us == 5.0
 
@@ -72,9 +72,9 @@ def test_xbar_path_user_presets(tmp_path, monkeypatch):
     flat.mkdir()
     (nested / "devices").mkdir(parents=True)
     write(flat / "my-rram.toml", 'source = "lab notebook 3"\ng_min_us = 1.0\ng_max_us = 20.0\nbits = 3\n')
-    write(nested / "devices" / "my-pcm.toml", 'source = "lab notebook 4"\ng_max_us = 25.0\n')
+    write(nested / "devices" / "my-pcm.toml", 'source = "lab notebook 4"\ng_min_us = 0.0\ng_max_us = 25.0\n')
     # A user preset named like a shipped one comes first on the search path.
-    write(flat / "ideal.toml", 'source = "my ideal"\ng_max_us = 2.0\n')
+    write(flat / "ideal.toml", 'source = "my ideal"\ng_min_us = 0.0\ng_max_us = 2.0\n')
     import os
     monkeypatch.setenv("XBAR_PATH", os.pathsep.join([str(flat), str(nested)]))
     assert {"my-rram", "my-pcm", *SHIPPED} <= set(Device.presets())

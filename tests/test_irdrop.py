@@ -24,8 +24,8 @@ def nodal_reference(G_us, r, V, transpose=False):
     g = G_us * 1e-6
     w = 1.0 / r
     n = 2 * R * C
-    row = lambda i, j: i * C + j           # noqa: E731
-    col = lambda i, j: R * C + i * C + j   # noqa: E731
+    row = lambda i, j: i * C + j
+    col = lambda i, j: R * C + i * C + j
     K = np.zeros((n, n))
 
     def link(p, q, cond):
@@ -178,8 +178,8 @@ def test_fast_against_exact(n, r, g_max):
     kappa = r * 1e-6 * G.mean() * n * n      # (R^2 + C^2) / 2 for a square tile
     err_corr = rel_err(y_fast, y_exact) * np.linalg.norm(y_exact) / np.linalg.norm(y_exact - y_ideal)
     err_ideal = np.linalg.norm(y_fast - y_exact) / np.linalg.norm(y_ideal)
-    assert err_corr <= min(0.03, 0.15 * kappa)
-    assert err_ideal <= min(0.02, 0.2 * kappa ** 2)
+    assert err_corr <= min(0.035, 0.08 * kappa)
+    assert err_ideal <= min(0.03, 0.06 * kappa ** 2)
     # and the correction is worth having: fast is closer to exact than the ideal read is
     assert np.linalg.norm(y_fast - y_exact) < 0.1 * np.linalg.norm(y_ideal - y_exact)
 

@@ -40,24 +40,29 @@ Methods
 -------
 "exact" (`_exact_block`): the nodal system solved exactly (to round-off) by sweeping the rows top
 to bottom, one dense C x C step per row (a block-tridiagonal Schur / Riccati recursion; see the
-function). O(R·C²·(C + R)) flops, LAPACK-bound: per tile 6 ms (64x64), 60 ms (128x128),
-0.6 s (256x256) on one core. `_exact_sparse` solves the same nodal system with one sparse LU
-(scipy.sparse.linalg.splu) and min(R, C) right-hand sides: equal to round-off, 2-10x slower
-(bench/irdrop_table.py); both are checked against an independent nodal solve in the tests.
+function), along the longer side. O(R·C²·(C + R)) flops in LAPACK calls; per tile on one core of
+a shared machine: 18 ms (64x64), 84 ms (128x128), 0.9 s (256x256). `_exact_sparse` solves the
+same nodal system with one sparse LU (scipy.sparse.linalg.splu, symmetric ordering) and min(R, C)
+right-hand sides: equal to 1e-13, but 79 ms, 0.56 s and 5.6 s. Both are checked against an
+independent nodal solve in the tests. Many BLAS threads on small matrices can make the sweep far
+slower on a busy machine: cap them (threadpoolctl) where tiles are solved in bulk.
 
 "fast" (`_fast_factor`): A = G / (1 + T_row + T_col), the [0/1] Padé form of the first-order
-(in r) correction; O(R·C), a few cumulative sums. T_row[k, j] = r Σ_j' G[k, j'] (min(j, j') + 1)
-is the row-wire drop at cell (k, j) per volt of input (first order); T_col[k, j] =
-r Σ_i G[i, j] (R - max(i, k)) is the loss of column j's sensed current per unit injected at row k:
-the column wire's own voltage (i = k) and the current it pushes back into the other rows' cells
-(i != k, "sneak" paths). Exact for a 1x1 array, exact to first order in r everywhere, never above
-G, never negative. Measured error of the correction, ‖v@A_fast - v@A‖ / ‖v@A - v@G‖, v in [0, 1],
-G uniform in [0, g_max] (tests/test_irdrop.py asserts these bounds):
-    about 0.1·κ for small κ = r·1e-6·mean(G)·(R² + C²)/2; at most 3 % for square tiles 16-256 at
-    r <= 5 Ω and g_max <= 100 µS (then IR drop itself is up to 90 % of the output);
-    up to 13 % for wide tiles (16x128, r = 5 Ω, g_max = 100 µS, IR drop 70 %).
-Relative to the ideal output, ‖v@A_fast - v@A‖ / ‖v@G‖ is the product of the two: 1e-4 at 64x64,
-1 Ω, 25 µS; 2.5 % at 256x256, 5 Ω, 100 µS. Signed inputs (v in [-1, 1]) roughly double the error.
+(in r) correction; O(R·C), a few cumulative sums (0.17 / 0.56 / 2.4 ms per 64 / 128 / 256 tile).
+T_row[k, j] = r Σ_j' G[k, j'] (min(j, j') + 1) is the row-wire drop at cell (k, j) per volt of
+input (first order); T_col[k, j] = r Σ_i G[i, j] (R - max(i, k)) is the loss of column j's
+sensed current per unit injected at row k: the column wire's own voltage (i = k) and the current
+it pushes back into the other rows' cells (i != k, "sneak" paths). Exact for a 1x1 array, exact to
+first order in r (its error is O(r²)), never above G, never negative. Measured errors with
+G ~ U[0, g_max], 256 inputs v ~ U[0, 1], κ = r·1e-6·mean(G)·(R² + C²)/2 (bench/irdrop_table.py;
+tests/test_irdrop.py asserts the bounds in brackets for square tiles 16-128, r in {1, 5} Ω,
+g_max in {1, 25, 100} µS):
+    of the correction, ‖v@A_fast - v@A‖ / ‖v@A - v@G‖: 0.035-0.057·κ for κ < 0.1, at most 2.9 %
+        for square tiles up to 256x256 at r <= 5 Ω, g_max <= 100 µS      [<= min(0.08 κ, 0.035)];
+    of the output, ‖v@A_fast - v@A‖ / ‖v@G‖: 0.02-0.045·κ², e.g. 7e-5 at 64x64, 1 Ω, 25 µS
+        (IR drop 3.5 %), 2.4 % at 256x256, 5 Ω, 100 µS (IR drop 90 %)     [<= min(0.06 κ², 0.03)].
+Wide or tall tiles are worse: up to 13 % of the correction at 16x128 and 128x16, 5 Ω, 100 µS
+(IR drop 55-70 %); signed inputs v ~ U[-1, 1] roughly double the error of the correction.
 """
 
 from __future__ import annotations
