@@ -257,7 +257,7 @@ def test_fuzz_network_specs(data, dims, tile):
 
 # sweep._check_option_keys still echoes a key holding a newline as is (two-line message); set True
 # once it shows such keys with repr, as config.check_keys does.
-SWEEP_ONE_LINE = False
+SWEEP_ONE_LINE = True
 TRAIN_NAMES = [f.name for f in TRAIN_FIELDS]
 # Options a spec or a command line sets, each with its own plausible values (the slow or
 # data-loading ones left out: nothing here trains).

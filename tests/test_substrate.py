@@ -56,8 +56,8 @@ def test_unknown_model_names_and_bad_parameters_are_one_line():
                           "read_noise": {"model": "toy-linear"}})
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(adc_bits=6, dac_bits=5, tile=(8, 4)),
-                                dict(mapping="offset", bias="row", adc_bits=8)])
+@pytest.mark.parametrize("kw", [{}, {"adc_bits": 6, "dac_bits": 5, "tile": (8, 4)},
+                                {"mapping": "offset", "bias": "row", "adc_bits": 8}])
 def test_state_dict_round_trip_continues_the_same_reads(kw):
     dev = Device.preset("pcm-inference").with_(stuck_off_rate=0.05, g_d2d_rel=0.02)
     rng = np.random.default_rng(1)
@@ -109,7 +109,7 @@ def test_compensation_through_a_noisy_read_is_close_to_the_exact_one():
         xb.at(10, compensate="yes")
 
 
-@pytest.mark.parametrize("kw", [dict(dac_bits=8), dict(adc_bits=8), dict(adc_bits=8, dac_bits=8), dict()])
+@pytest.mark.parametrize("kw", [{"dac_bits": 8}, {"adc_bits": 8}, {"adc_bits": 8, "dac_bits": 8}, {}])
 def test_subnormal_inputs_read_as_zero_not_inf(kw):
     xb = Crossbar(Device.preset("ideal").with_(bits=3), seed=0, **kw).program(np.eye(4, dtype=np.float32))
     X = np.zeros((2, 4), np.float32)
@@ -117,3 +117,26 @@ def test_subnormal_inputs_read_as_zero_not_inf(kw):
     X[1, 2] = 3.0
     y = xb.mvm(X)
     assert np.isfinite(y).all() and abs(y[0]).max() < 1e-30 and abs(y[1, 2] - 3.0) < 0.5
+
+
+def test_eval_prints_accuracy_at_several_times(tmp_path, capsys):
+    from xbar.cli import main
+    out = tmp_path / "pcm.h5"
+    assert main(["train", "--dataset", "digits", "--network", "digits-mlp", "--device", "pcm-aihwkit",
+                 "--update", "qat", "--epochs", "1", "--train-limit", "300", "--test-limit", "100",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--at", "1,3600,1d,1y", "--compensate", "read"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "noisy reads" in lines[0] and [r.split()[0] for r in lines[2:]] == ["1", "3600", "86400", "3.1536e+07"]
+    assert main(["eval", str(out), "--at", "1d", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["at_seconds"] == 86400.0
+    assert main(["eval", str(out), "--at", "-1"]) != 0
+    assert "expected times after programming" in capsys.readouterr().err
+
+
+def test_devices_show_lists_each_effect_model(capsys):
+    from xbar.cli import main
+    assert main(["devices", "show", "pcm-aihwkit"]) == 0
+    text = capsys.readouterr().out
+    assert "[program_noise] model = 'pcm-aihwkit'" in text and "[drift] model = 'pcm-aihwkit'" in text

@@ -36,7 +36,6 @@ import numpy as np
 
 from . import __version__
 from .crossbar import Crossbar
-from .device import Device
 from .errors import XbarError
 from .nn import Dense, Network
 
@@ -220,8 +219,8 @@ class Run:
 
     def _network_from_spec(self, rng, at_seconds, compensate) -> Network:
         """Any network (conv, pooling, batch norm, binary): rebuilt from its spec, then restored."""
-        from .nn import NetworkSpec
         from .conv import BatchNorm
+        from .nn import NetworkSpec
         spec = NetworkSpec.from_dict(self.network_spec["data"], file=self.network_spec.get("file"))
         net = spec.build(self.n_in, self.n_classes, rng)
         if len(net.layers) != len(self._layers):
@@ -277,7 +276,7 @@ class Run:
         data_dir = data_dir if data_dir is not None else cfg.get("data_dir")
         train = cfg.get("eval_train", True) if train is None else train
         out: dict[str, Any] = {"status": "ok", "message": "", "at_seconds": at_seconds,
-                               "compensate": bool(compensate)}
+                               "compensate": compensate if isinstance(compensate, str) else bool(compensate)}
         splits = [("test", cfg.get("test_limit"))] + ([("train", cfg.get("train_limit"))] if train else [])
         net = self.network(at_seconds, compensate)
         from .train.loop import evaluate

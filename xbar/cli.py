@@ -80,13 +80,25 @@ def cmd_devices(args) -> int:
         lv = dev.levels()
         if lv is not None and len(lv) <= 16:
             print(f"{'levels':<18} {np.round(lv, 6).tolist()}")
+        for model in dev.models():     # the model of each effect, constant ones included
+            print(f"[{model.kind}] model = {model.name!r}  ({model.source or 'constant fields above'})")
+            fields = {f.name: f for f in model.FIELDS}
+            for key, value in model.params.items():
+                f = fields[key]
+                shown = list(value) if isinstance(value, tuple) else value
+                if isinstance(shown, list) and len(shown) > 8:
+                    shown = f"[{len(shown)} values]"
+                unit = f" {f.unit}" if f.unit and value is not None else ""
+                print(f"  {key:<16} {str(shown) + unit:<34} {f.doc}")
         return 0
     rows = []
     for name in Device.presets():
         d = Device.preset(name)
         rows.append((d.name, d.summary(), f"{d.g_min_us:.4g}-{d.g_max_us:.4g}",
                      f"{d.g_max_us / d.g_min_us:.3g}" if d.g_min_us > 0 else "inf",
-                     f"{d.program_noise_rel:g}", f"{d.read_noise_rel:g}", f"{d.drift_nu_mean:g}",
+                     *(d.as_dict()[k]["model"] if getattr(d, k) is not None else f"{getattr(d, flat):g}"
+                       for k, flat in (("program_noise", "program_noise_rel"), ("read_noise", "read_noise_rel"),
+                                       ("drift", "drift_nu_mean"))),
                      f"{d.nonlinearity_ltp:g}/{d.nonlinearity_ltd:g}", f"{d.c2c_rel:g}", d.description))
     head = ("name", "levels", "G µS", "on/off", "prog", "read", "drift ν", "NL ltp/ltd", "c2c", "description")
     _print_table(head, rows)
@@ -105,7 +117,7 @@ def cmd_mvm_demo(args) -> int:
     from .crossbar import Crossbar
     from .data import load
     from .device import Device
-    from .nn import check_fits, crossbar_bytes
+    from .tile.arrays import check_fits, crossbar_bytes
     check_fits(crossbar_bytes(64, 32, args.tile), f"--tile {args.tile[0]}x{args.tile[1]}",
                "use a smaller tile, e.g. 64x64")
     X, _ = load("digits", "test")
@@ -324,17 +336,52 @@ def cmd_baseline(args) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
+_TIME_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+
+
+def _times(text: str) -> list[float]:
+    """'1,3600,1d,1y' -> seconds after programming (units s, min, h, d, w, y; bare numbers are s)."""
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(s|m|min|h|d|w|y)?\s*", part)
+        try:
+            value = float(m.group(1)) * _TIME_UNITS[m.group(2) or "s"] if m else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: expected times after programming > 0, "
+                                             "e.g. 1,3600,86400,31536000 or 1s,1h,1d,1y")
+        out.append(value)
+    return out
+
+
 def cmd_eval(args) -> int:
     from .checkpoint import load
     run = load(args.run)
-    result = run.evaluate_dataset(at_seconds=args.at, compensate=args.compensate, data_dir=args.data_dir)
+    times = args.at or [None]
+    results = [run.evaluate_dataset(at_seconds=t, compensate=args.compensate if t is not None else False,
+                                    data_dir=args.data_dir) for t in times]
     if args.json:
-        print(json.dumps(result, default=_json_default))
-    else:
-        print(f"{args.run}: test accuracy {result['test_accuracy']:.2f}%"
-              + ("" if args.at is None else f" at {args.at:g} s after programming"
-                 + (" (drift compensated)" if args.compensate else "")))
+        print(json.dumps(results[0] if len(results) == 1 else {"run": args.run, "results": results},
+                         default=_json_default))
+        return 0
+    comp = {False: "", "exact": " (drift compensated)", "read": " (drift compensated through noisy reads)"}
+    if len(results) == 1:
+        t = times[0]
+        print(f"{args.run}: test accuracy {results[0]['test_accuracy']:.2f}%"
+              + ("" if t is None else f" at {t:g} s after programming" + comp[args.compensate]))
+        return 0
+    print(f"{args.run}: test accuracy after programming{comp[args.compensate]}")
+    _print_table(("t (s)", "t", "test accuracy %"),
+                 [(f"{t:g}", _human_time(t), f"{r['test_accuracy']:.2f}") for t, r in zip(times, results)])
     return 0
+
+
+def _human_time(t: float) -> str:
+    for unit, size in (("y", 31536000.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t >= size:
+            return f"{t / size:.3g} {unit}"
+    return f"{t:.3g} s"
 
 
 def cmd_sweep(args) -> int:
@@ -443,9 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = command("eval", help="re-evaluate a saved run, optionally after drift")
     e.add_argument("run", help="a run saved with xbar train --out (.h5)")
-    e.add_argument("--at", type=float, default=None, help="seconds after programming (drift; default: "
-                   "as programmed)")
-    e.add_argument("--compensate", action="store_true", help="global drift compensation")
+    e.add_argument("--at", type=_times, default=None, help="times after programming, comma-separated, in s "
+                   "or with a unit (1,3600,1d,1y); one line of accuracy each (default: as programmed)")
+    e.add_argument("--compensate", nargs="?", const="exact", default=False, choices=("exact", "read"),
+                   help="global drift compensation: 'exact' (the default when given: from the noise-free "
+                   "conductances) or 'read' (measured through noisy one-hot reads, as a chip can)")
     e.add_argument("--data-dir", default=None, help="folder searched first for the dataset files")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     e.set_defaults(func=cmd_eval)

@@ -7,7 +7,7 @@ Usage::
     Y = xb.mvm(X)          # (batch, in) -> (batch, out), in memory
     E_in = xb.mvm_t(E)     # (batch, out) -> (batch, in), the same arrays read transposed
 
-What happens in `mvm` (see DOMAIN.md §3):
+What happens in `mvm`:
 1. DAC: inputs are scaled per row by their abs max ("dynamic", aihwkit's noise management) or by a
    fixed range, and quantized to `dac_bits`. The scale is undone digitally at the end.
 2. Each tile (tile_rows x tile_cols devices of every plane) produces column currents
@@ -28,7 +28,7 @@ import numpy as np
 from .device import Device
 from .errors import ConfigError, ShapeError
 from .kernels import rng as krng
-from .tile.arrays import as_matrix, raise_nonfinite
+from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
 from .tile.physics import DeviceArray, is_active
 from .tile.planner import Planner
 from .tile.read import PARALLEL_MIN, ReadPath, summed_column_read
@@ -134,6 +134,10 @@ class Crossbar:
             if cells.shape != shape:
                 cells = np.vstack([cells, np.zeros((1, n_out), bool)])
         has_bias_row = b is not None and self.bias == "row"
+        if old is None:   # the first program: refuse arrays that cannot be allocated, before trying
+            check_fits(self.slices * crossbar_bytes(shape[0], shape[1], self.tile),
+                       f"a {shape[0]}x{shape[1]} crossbar on {self.tile[0]}x{self.tile[1]} tiles",
+                       "use a smaller tile or matrix")
         planes = self.planner.plan(W)
         self._stats["weights_clipped"] += planes.clipped
         if mask is not None and has_bias_row:

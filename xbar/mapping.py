@@ -28,7 +28,7 @@ RANGES = ("global", "local")
 GAINS = ("layer", "column")
 
 
-# ---- the seed study's quantizers (Nayak et al. 2019), exactly as DOMAIN.md §1 defines them ------
+# ---- the seed study's quantizers (Nayak et al. 2019), exactly as the seed study defines them ------
 
 def asymm(x: np.ndarray, bits: int, lo, hi) -> np.ndarray:
     """ASYMM: q = round((x - min)(2^n - 1)/(max - min)), x̂ = q (max - min)/(2^n - 1) + min.

@@ -21,7 +21,7 @@ between layers (what DFA, HSIC and SG see). They coincide for a Dense layer with
 Feature maps travel as (batch, H·W·C) rows, channels last; a network's input rows are the
 dataset's C×H×W order, which the first convolution transposes.
 
-Binary weights (BinaryConnect / BNN / XNOR-Net, DOMAIN.md §5): with ``weights = "binary"`` the
+Binary weights (BinaryConnect / BNN / XNOR-Net): with ``weights = "binary"`` the
 layer stores real latent weights W, clipped to [-1, 1] after every optimizer step
 (``post_update``), and uses Ŵ = sign(W) (optionally times α_j = mean_i |W_ij| per output column,
 ``scale = "mean"``) for the forward and backward passes and for programming the devices.
@@ -33,7 +33,6 @@ of classes (and, for MLPs, its input size) come from the dataset.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from .config import (
     where_text,
 )
 from .errors import ConfigError, ShapeError
+from .tile.arrays import check_fits, crossbar_bytes
 
 # ---- activations: value and derivative side by side -------------------------------------------
 # Each entry: f(a) -> z, and backward(g, a, z) -> g * f'(a) (new array).
@@ -901,38 +901,6 @@ class NetworkSpec:
         layers.append(Dense(n_last, n_classes, "identity", rng=rng, bias=ol.bias, weights=ol.weights,
                             scale=ol.scale, bits=ol.bits))
         return Network(layers, self.output, self.name, input_shape=self.input)
-
-
-def crossbar_bytes(rows: int, cols: int, tile: tuple[int, int]) -> int:
-    """Rough bytes of one rows x cols crossbar on tiles of tile = (R, C) devices.
-
-    G+, G-, their difference, the read variance and the effective weights (float64) and float32
-    read copies per cell; per-tile stacks padded to whole tiles (forward and transposed,
-    conductance and variance, float32); a tile-shaped mask when pruning (bool).
-    """
-    R, C = tile
-    pr, pc = -(-rows // R) * R, -(-cols // C) * C
-    return 56 * rows * cols + 8 * (pr * cols + pc * rows) + pr * pc
-
-
-def physical_memory_bytes() -> int | None:
-    """This machine's RAM in bytes (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits(need: int, what: str, advice: str) -> None:
-    """ConfigError when `need` bytes exceed this machine's memory: say how much, and what to change."""
-    have = physical_memory_bytes()
-    if have is not None and need > have:
-        raise ConfigError(f"{what} needs about {_gb(need)} of memory, more than this machine's {_gb(have)}; "
-                          f"{advice}")
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.3g} GB" if n < 1e15 else f"{n / 1e9:.3e} GB"
 
 
 def _input_shape(value, file) -> tuple[int, int, int] | None:

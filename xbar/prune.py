@@ -939,6 +939,9 @@ def cmd_prune(args) -> int:
     from .cli import _config_from_args, _json_default, _print_table, _Progress
     from .train import TrainConfig
     from .train.loop import FIELDS as TRAIN_FIELDS
+    if getattr(args, "out", None) is not None:
+        from .paths import check_output_path
+        check_output_path(args.out, "--out")      # before any work
     tcfg = TrainConfig.from_dict(_config_from_args(args, TRAIN_FIELDS), file="command line").resolve()
     pcfg = PruneConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
     quiet = args.json or args.quiet

@@ -255,16 +255,17 @@ def _check_option_keys(table: dict[str, Any], file: str, prefix: str, command: s
     fields = _train_fields() + (_prune_fields() if command == "prune" else ())
     dev_fields = _device_fields()
     for k in table:
+        shown = k if k.isprintable() else repr(k)[1:-1]   # one line, whatever the key holds
         if k.startswith(DEVICE_PREFIX):
             sub = k[len(DEVICE_PREFIX):]
             if sub not in dev_fields:
-                raise ConfigError(f"{where_text(file, prefix + k)}: unknown device field{suggest(sub, dev_fields)}; "
+                raise ConfigError(f"{where_text(file, prefix + shown)}: unknown device field{suggest(sub, dev_fields)}; "
                                   f"valid: {', '.join(dev_fields)}")
         elif k not in fields and command == "train" and k in _prune_fields():
-            raise ConfigError(f"{where_text(file, prefix + k)}: a pruning option; set command = \"prune\" at "
+            raise ConfigError(f"{where_text(file, prefix + shown)}: a pruning option; set command = \"prune\" at "
                               "the top of the spec to sweep `xbar prune` runs")
         elif k not in fields:
-            raise ConfigError(f"{where_text(file, prefix + k)}: unknown key{suggest(k, fields)}; valid: "
+            raise ConfigError(f"{where_text(file, prefix + shown)}: unknown key{suggest(k, fields)}; valid: "
                               f"{', '.join(fields)}, or device.<field>")
 
 

@@ -4,7 +4,7 @@ The analog part of an in-memory MVM is a set of per-tile matrix products done by
 ``M[t] = X_t @ Gd_t`` (mean column currents of tile t) and, with read noise,
 ``V[t] = X_t**2 @ Var_t`` (their variance). For independent Gaussian device noise the current of
 a column is exactly ``N(M, V)``, so one draw per tile output replaces B*in*out device draws
-(DOMAIN.md §3). This kernel then does, for every tile t, batch row b and output j::
+(the Gaussian sum rule). This kernel then does, for every tile t, batch row b and output j::
 
     I = M[t,b,j] + sqrt(V[t,b,j]) * z          # z ~ N(0,1), counter-based (see rng.py)
     c = clip(floor(I * inv_step[t,j] + 0.5), qlo[t,j], qhi[t,j])   # ADC (skipped if inv_step=0)

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Field
 from .base import Drift, Model, ProgramNoise, ReadNoise, register
 
-_SOURCE = "xbar constant-parameter model (DOMAIN.md section 3)"
+_SOURCE = "xbar constant-parameter model (one number per effect, independent of G and t)"
 
 
 @register

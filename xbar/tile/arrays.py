@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from ..errors import NonFiniteError, ShapeError
+from ..errors import ConfigError, NonFiniteError, ShapeError
 
 
 def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite: bool = True) -> np.ndarray:
@@ -49,3 +51,37 @@ def raise_nonfinite(name: str, orig, arr32: np.ndarray) -> None:
     if np.isfinite(value):
         raise NonFiniteError(f"{name}: value {float(value):.3g} at index {bad} is beyond the float32 range")
     raise NonFiniteError(f"{name}: contains NaN or inf (first at index {bad})")
+
+
+# ---- memory: refuse what cannot be allocated, saying how much it needs ----------------------------
+
+def crossbar_bytes(rows: int, cols: int, tile: tuple[int, int]) -> int:
+    """Rough bytes of one rows x cols crossbar on tiles of tile = (R, C) devices.
+
+    G+, G-, their difference, the read variance and the effective weights (float64) and float32
+    read copies per cell; per-tile stacks padded to whole tiles (forward and transposed,
+    conductance and variance, float32); a tile-shaped mask when pruning (bool).
+    """
+    R, C = tile
+    pr, pc = -(-rows // R) * R, -(-cols // C) * C
+    return 56 * rows * cols + 8 * (pr * cols + pc * rows) + pr * pc
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(need: int, what: str, advice: str) -> None:
+    """ConfigError when `need` bytes exceed this machine's memory: say how much, and what to change."""
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(f"{what} needs about {_gb(need)} of memory, more than this machine's {_gb(have)}; "
+                          f"{advice}")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n < 1e15 else f"{n / 1e9:.3e} GB"

@@ -45,7 +45,7 @@ class ReadPath:
     def install(self, gd: np.ndarray, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray) -> None:
         """Conductances to read from; the kernel-ready arrays derived from them are built on first use."""
         self.gd, self.var, self.sig, self.alpha_eff = gd, var, sig, alpha_eff
-        P, rows, out = gd.shape
+        _, rows, out = gd.shape
         R, C = self.s.tile
         self.nrt, self.nct = -(-rows // R), -(-out // C)
         self.cache = {}
@@ -152,7 +152,7 @@ class ReadPath:
 
     def periphery(self, M, V, inv_step, step_post, qlo, qhi, post) -> np.ndarray:
         """The fused kernel: read noise on each tile output, its ADC, and the digital partial sums."""
-        T, B, N = M.shape
+        _, B, N = M.shape
         out = np.empty((B, N), dtype=np.float32)
         clipped = np.empty(B, dtype=np.int64)
         self.reads += 1
@@ -205,7 +205,7 @@ class ReadPath:
         """ADC step, code bounds and step*gain per (tile, output): full scale per tile."""
         s = self.s
         n = 2 ** (s.adc_bits - 1) - 1
-        T, B, N = M.shape
+        T, _, N = M.shape
         group = s.tile[1] if way == "fwd" else s.tile[0]   # outputs sharing one tile's ADC
         n_groups = -(-N // group)
         physical = self._physical_fs(way)

@@ -71,7 +71,7 @@ class Settings:
         unknown = set(kw) - set(NAMES)
         if unknown:
             from ..config import suggest
-            name = sorted(unknown)[0]
+            name = min(unknown)
             raise ConfigError(f"Crossbar: unknown option {name!r}{suggest(name, NAMES)}")
         v = {**{f.name: f.default for f in dataclasses.fields(cls)}, **kw}
         for name in _STRICT_INTS:
@@ -96,7 +96,7 @@ class Settings:
             if quant_bits is None:
                 if levels is None:
                     raise ConfigError(f"quant = {quant!r} on analog device {device.name!r}: set quant_bits")
-                quant_bits = int(math.floor(math.log2(len(levels)))) * slices
+                quant_bits = math.floor(math.log2(len(levels))) * slices
             if quant == "symm" and quant_bits < 2:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits

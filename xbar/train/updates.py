@@ -1,4 +1,4 @@
-"""Update schemes: how an optimizer step reaches the devices (DOMAIN.md §4).
+"""Update schemes: how an optimizer step reaches the devices (Nandakumar et al. 2018/2020; NeuroSim).
 
 - ``float``: no device; W lives in digital float32 memory. The ideal reference.
 - ``nearest``: the seed study's method. The optimizer steps the stored weights, then weights and
@@ -41,7 +41,7 @@ extra array row of the same crossbar, ``bias="row"``, and are updated like the w
   subtracted, not the device's actual change (there is no verify), and χ starts at zero.
 - ``pulse`` (NeuroSim V3.0's in-situ SGD): every step's Δw becomes n = round(Δw/(w_max −
   w_min)·levels) pulses at once, with w_max − w_min = α·(g_max − g_min), the weight span of one
-  device, and levels = pulse_levels − 1, the pulses across it (DOMAIN.md §3), i.e. n = round(Δw/ε)
+  device, and levels = pulse_levels − 1, the pulses across it (NeuroSim's device model), i.e. n = round(Δw/ε)
   with the ε above. No accumulator: |Δw| < ε/2 is lost, as in the paper. Needs pulse_levels.
 
 A signed count on a differential pair (G+, G−), w = α(G+ − G−): n > 0 first depresses G−
@@ -327,7 +327,7 @@ def check_insitu(name: str, setup: DeviceSetup) -> None:
 
 
 def pulse_count(dw: np.ndarray, span: float, levels: int) -> np.ndarray:
-    """NeuroSim's pulses per update, n = round(Δw / (w_max − w_min) · levels) (DOMAIN.md §3).
+    """NeuroSim's pulses per update, n = round(Δw / (w_max − w_min) · levels) (NeuroSim V3.0).
 
     span: w_max − w_min, the weight range one device covers (α·(g_max − g_min)); levels: the
     pulses across it (pulse_levels − 1). Ties round to even (numpy's rint), symmetric in sign.
