@@ -64,6 +64,11 @@ class Crossbar:
     dac_range: "dynamic" (each input row scaled by its abs max) or a number r (fixed [-r, r]).
     bias: "digital" (added after the ADC) or "row" (an extra array row driven at input 1).
     read_noise: set False to read without read noise (e.g. for evaluation of programmed state).
+    ir_drop: "none", "exact" or "fast": the voltage lost along the row and column wires of each
+        tile (geometry and accuracy in :mod:`xbar.tile.irdrop`), with r_wire_ohm per segment.
+        Reads (mvm and mvm_t) see the array's effective conductances, computed once per
+        programming; weights() and conductances() stay the devices' own state.
+    v_read: read voltage of a full-scale input (V).
 
     The parts behind it (``xbar.tile``): ``settings`` (the validated options), ``physics`` (the
     devices), ``state`` (what the array holds) and ``read`` (the read path's public stages).
@@ -146,7 +151,7 @@ class Crossbar:
         gp = ph.write(planes.gp, 0, mask)
         gn = ph.write(planes.gn, 1, mask) if self.mapping == "differential" else planes.gn
         nu = ph.draw_nu([planes.gp, planes.gn][:ph.n_dev])
-        fresh = self.planner.fresh if ph.exact_write and cells is None else None
+        fresh = self.planner.fresh if ph.exact_write and cells is None and self.ir_drop == "none" else None
         if cells is not None:
             gp = np.where(cells[None], gp, old.gp0)
             gn = np.where(cells[None], gn, old.gn0)
@@ -182,7 +187,17 @@ class Crossbar:
         pair = self.mapping == "differential"
         var = self.physics.read_variance([st.gp, st.gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], st.t_s,
                                          enabled=self.settings.read_noise)
+        if self.ir_drop != "none":
+            gd = self._ir_dropped()
         self.read.install(st.gp - st.gn if gd is None else gd, var, st.sig, self._alpha_eff)
+
+    def _ir_dropped(self) -> np.ndarray:
+        """G+ - G- as the reads see them through the wires (G- is a digital reference for offset)."""
+        from .tile.irdrop import effective_stack
+        st, s = self.state, self.settings
+        gp = effective_stack(st.gp, s.r_wire_ohm, s.tile, s.ir_drop)
+        gn = effective_stack(st.gn, s.r_wire_ohm, s.tile, s.ir_drop) if self.mapping == "differential" else st.gn
+        return gp - gn
 
     def _check_programmed(self):
         if self.state is None:
@@ -291,7 +306,13 @@ class Crossbar:
     # ---- state, drift, stats ----------------------------------------------------------------------
     def _w_eff(self) -> np.ndarray:
         st = self.state
-        return self.read.cached("w_eff", lambda: self.read.gsum() * self._alpha_eff[None, :]
+
+        def gsum():   # the devices' own state: reads may see it through the wires (ir_drop)
+            if self.ir_drop == "none":
+                return self.read.gsum()
+            gd = st.gp - st.gn
+            return np.einsum("p,pio->io", st.sig, gd) if gd.shape[0] > 1 else gd[0]
+        return self.read.cached("w_eff", lambda: gsum() * self._alpha_eff[None, :]
                                 + (st.beta[None, :] if st.mask is None else st.beta[None, :] * st.mask))
 
     def weights(self) -> np.ndarray:

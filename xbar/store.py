@@ -60,6 +60,9 @@ STATUSES = ("ok", "stopped", "diverged", "error")
 NUMBERS = ("test_accuracy", "train_accuracy", "wall_seconds", "train_seconds")
 # Fields that name where things are, not what is computed: left out of a run's identity.
 NOT_IDENTITY = ("data_dir",)
+# Fields added after stores existed: left out of a run's identity while at their default, so runs
+# stored before they existed keep their keys (and are not run again).
+NEUTRAL_DEFAULTS = {"ir_drop": "none", "r_wire_ohm": 0.0, "v_read": 0.2}
 # Checksummed object headers (superblock v3, object header v2) need HDF5 >= 1.10 to read.
 LIBVER = ("v110", "latest")
 _KEY = re.compile(r"[0-9a-f]{16}")
@@ -83,7 +86,8 @@ def warn_stderr(text: str) -> None:
 
 def run_key(config: dict[str, Any]) -> str:
     """The stable identity of a resolved run config (16 hex digits)."""
-    ident = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    ident = {k: v for k, v in config.items()
+             if k not in NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 DAC_RANGES = ("dynamic",)
 ADC_RANGES = ("calibrated", "physical")
 BIAS_MODES = ("digital", "row")
+IR_DROP_MODES = ("none", "exact", "fast")
 
 # Simple fields go through the Field engine; tile, w_range, seed and the str-or-number ranges are
 # checked by hand below (tuples and open choices the engine does not express).
@@ -39,6 +40,12 @@ FIELDS: tuple[Field, ...] = (
           lo=0.0, lo_open=True, hi=100.0),
     Field("bias", "str", "digital", "Bias added after the ADC, or an extra row driven at 1.", choices=BIAS_MODES),
     Field("read_noise", "bool", True, "Read with the device's read noise."),
+    Field("ir_drop", "str", "none", "Wire resistance: none, exact (nodal analysis per tile) or fast "
+          "(first-order, see xbar.tile.irdrop).", choices=IR_DROP_MODES),
+    Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (rows and "
+          "columns).", lo=0.0, hi=1e6, unit="Ω"),
+    Field("v_read", "float", 0.2, "Read voltage of a full-scale input (for voltage-dependent device "
+          "models).", lo=0.0, lo_open=True, hi=10.0, unit="V"),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 _STRICT_INTS = ("adc_bits", "dac_bits", "quant_bits", "slices")
@@ -64,6 +71,9 @@ class Settings:
     dac_range: Any = "dynamic"
     bias: str = "digital"
     read_noise: bool = True
+    ir_drop: str = "none"
+    r_wire_ohm: float = 0.0
+    v_read: float = 0.2
 
     @classmethod
     def validate(cls, device, **kw) -> Settings:
@@ -100,6 +110,9 @@ class Settings:
             if quant == "symm" and quant_bits < 2:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits
+        if out["ir_drop"] != "none" and not out["r_wire_ohm"] > 0:
+            raise ConfigError(f"ir_drop = {out['ir_drop']!r} needs r_wire_ohm > 0 (the resistance of one wire "
+                              "segment, e.g. 1.0 Ω); set r_wire_ohm or ir_drop = 'none'")
         return cls(**out)
 
     def as_dict(self) -> dict[str, Any]:

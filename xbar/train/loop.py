@@ -68,6 +68,11 @@ FIELDS: tuple[Field, ...] = (
     Field("adc_bits", "int", None, "ADC resolution per tile output (omit: ideal).", lo=2, hi=16,
           optional=True),
     Field("dac_bits", "int", None, "Input DAC resolution (omit: analog inputs).", lo=2, hi=16, optional=True),
+    Field("ir_drop", "str", "none", "Wire resistance in every tile: 'none', 'exact' (nodal analysis) or "
+          "'fast' (first-order); see xbar.tile.irdrop.", choices=("none", "exact", "fast")),
+    Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (Ω).",
+          lo=0.0, hi=1e6),
+    Field("v_read", "float", 0.2, "Read voltage of a full-scale input (V).", lo=0.0, lo_open=True, hi=10.0),
     Field("recipe", "str", None, "'seed': the seed study's settings for every field left unset.",
           choices=RECIPES, optional=True),
     Field("train_limit", "int", None, "Use only the first N training samples.", lo=1, optional=True),
@@ -229,6 +234,9 @@ class TrainConfig:
     tile: str = "64x64"
     adc_bits: int | None = None
     dac_bits: int | None = None
+    ir_drop: str = "none"
+    r_wire_ohm: float = 0.0
+    v_read: float = 0.2
     recipe: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -307,6 +315,9 @@ class TrainConfig:
             setup.steps()   # analog or non-uniform devices cannot be rounded onto
         elif out.update in ("mixed", "pulse"):
             check_insitu(out.update, setup)   # fixed range, pulse device / device step
+        if out.ir_drop != "none" and not out.r_wire_ohm > 0:
+            raise ConfigError(f"ir_drop = {out.ir_drop!r} needs r_wire_ohm > 0 (the resistance of one wire "
+                              "segment, e.g. 1.0); set r_wire_ohm or ir_drop = 'none'")
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
         if out.rule == "hsic" and out.batch_size < 2:
@@ -337,7 +348,8 @@ class TrainConfig:
         bits = self.bits if self.bits is not None else dev.bits
         return DeviceSetup(device=dev, bits=bits, quant=self.quant, range=self.range,
                            w_range=(-self.w_max, self.w_max), gain=self.gain, tile=parse_tile(self.tile),
-                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale)
+                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale,
+                           wires={"ir_drop": self.ir_drop, "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read})
 
 
 def stream(seed: int, k: int) -> np.random.Generator:
