@@ -396,6 +396,20 @@ class Crossbar:
         new._install()
         return new
 
+    def with_wires(self, ir_drop: str, r_wire_ohm: float) -> Crossbar:
+        """A copy that reads the same devices through wires of `r_wire_ohm` per segment (IR drop).
+
+        For inference-only studies: a network trained with ideal wires, read on a real array. The
+        copy recalibrates its ADC ranges on its first read and draws read noise from its own stream.
+        """
+        self._check_programmed()
+        sd = self.state_dict()
+        sd["settings"].update(ir_drop=ir_drop, r_wire_ohm=float(r_wire_ohm))
+        sd["arrays"] = {k: v for k, v in sd["arrays"].items() if not k.startswith("adc_fs/")}
+        sd["streams"]["read_stream"] = int(krng.stream_key(np.uint64(self.read.stream),
+                                                           np.uint64(2 ** 60 + self.read.reads))) >> 1
+        return Crossbar.from_state_dict(sd, device=self.device)
+
     def stats(self) -> dict[str, Any]:
         """Hardware and activity counters: tiles, devices, utilization, conversions, clipping."""
         self._check_programmed()

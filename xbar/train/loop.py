@@ -73,6 +73,8 @@ FIELDS: tuple[Field, ...] = (
     Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (Ω).",
           lo=0.0, hi=1e6),
     Field("v_read", "float", 0.2, "Read voltage of a full-scale input (V).", lo=0.0, lo_open=True, hi=10.0),
+    Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
+          "wires and only evaluate through them (false: inference-only IR drop)."),
     Field("recipe", "str", None, "'seed': the seed study's settings for every field left unset.",
           choices=RECIPES, optional=True),
     Field("train_limit", "int", None, "Use only the first N training samples.", lo=1, optional=True),
@@ -237,6 +239,7 @@ class TrainConfig:
     ir_drop: str = "none"
     r_wire_ohm: float = 0.0
     v_read: float = 0.2
+    ir_drop_train: bool = True
     recipe: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -349,7 +352,8 @@ class TrainConfig:
         return DeviceSetup(device=dev, bits=bits, quant=self.quant, range=self.range,
                            w_range=(-self.w_max, self.w_max), gain=self.gain, tile=parse_tile(self.tile),
                            adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale,
-                           wires={"ir_drop": self.ir_drop, "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read})
+                           wires={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
+                                  "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read})
 
 
 def stream(seed: int, k: int) -> np.random.Generator:
@@ -569,7 +573,7 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
         if status != "ok":
             break
         tr.sched.step()
-        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(net, X, y),
+        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(_read_net(cfg, net), X, y),
                                (Xtr, ytr, Xte, yte), step_loss, steps, seconds, tr.opt.lr, correct)
         if probe is not None:
             history[-1].update(probe(net))
@@ -578,6 +582,22 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
             break
 
     return history, status, message, train_seconds
+
+
+def _read_net(cfg: TrainConfig, net: Network) -> Network:
+    """The network evaluation reads: itself, or (inference-only IR drop) its crossbars through the wires."""
+    if cfg.ir_drop == "none" or cfg.ir_drop_train:
+        return net
+    import copy
+    layers = []
+    for layer in net.layers:
+        layer = copy.copy(layer)
+        if layer.crossbar is not None:
+            layer.crossbar = layer.crossbar.with_wires(cfg.ir_drop, cfg.r_wire_ohm)
+        layers.append(layer)
+    out = copy.copy(net)
+    out.layers = layers
+    return out
 
 
 def record_epoch(history: list, on_epoch, cfg, epoch: int, score, data, step_loss: float, steps: int,
