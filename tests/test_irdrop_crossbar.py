@@ -90,3 +90,44 @@ def test_qat_trains_through_the_ir_dropped_forward(tmp_path):
     from xbar.train import TrainConfig
     with pytest.raises(ConfigError, match="needs r_wire_ohm"):
         TrainConfig(network="digits-mlp", dataset="digits", update="qat", ir_drop="exact").resolve()
+
+
+# ---- ADC non-idealities (xbar.tile.adc) ---------------------------------------------------------------
+
+def test_adc_errors_against_a_slow_reference():
+    """Offset, gain and INL: the fused read equals converting each tile current by hand."""
+    from xbar.tile import adc
+    rng = np.random.default_rng(5)
+    W = rng.uniform(-1, 1, (100, 40)).astype(np.float32)
+    X = rng.uniform(-1, 1, (7, 100)).astype(np.float32)
+    kw = dict(adc_bits=6, tile=(32, 16), range="local", adc_offset_lsb=0.7, adc_gain_rel=0.05, adc_inl_lsb=1.5)
+    xb = Crossbar(DEV.with_(bits=3), seed=2, **kw).program(W)
+    y = xb.mvm(X)
+    rd = xb.read
+    xs, scale = rd.dac(np.ascontiguousarray(X))
+    M, _, post = rd.tile_currents(xs, "fwd")
+    M = M.astype(np.float64)
+    inv_step, _, _, _ = rd.adc_params(M.astype(np.float32), post, "fwd")
+    n = 2 ** 5 - 1
+    e = adc.draws(2, "fwd", inv_step.shape, 0.7, 0.05, 1.5)
+    step = 1.0 / inv_step.astype(np.float64)
+    x = np.clip(M / (n * step)[:, None, :], -1, 1)
+    inl = (e["inl"][:, None, :] * 3 * np.sqrt(3) / 2 * (x - x ** 3))
+    code = np.clip(np.floor((1 + e["gain"][:, None, :]) * M / step[:, None, :] + e["offset"][:, None, :] + inl + 0.5),
+                   -n, n)
+    ref = (code * step[:, None, :] * post[:, None, :]).sum(axis=0) * scale
+    assert np.allclose(y, ref, rtol=1e-4, atol=1e-3 * np.abs(ref).max())
+    ideal = Crossbar(DEV.with_(bits=3), seed=2, adc_bits=6, tile=(32, 16), range="local").program(W).mvm(X)
+    assert not np.allclose(y, ideal)
+
+
+def test_adc_errors_are_fixed_per_chip_and_need_an_adc():
+    W, X, _ = layer()
+    kw = dict(adc_bits=8, adc_offset_lsb=0.5, adc_gain_rel=0.02, adc_inl_lsb=1.0, range="local")
+    a, b = Crossbar(DEV, seed=1, **kw).program(W), Crossbar(DEV, seed=1, **kw).program(W)
+    assert np.array_equal(a.mvm(X), a.mvm(X)) and np.array_equal(a.mvm(X), b.mvm(X))   # noise-free device
+    assert not np.array_equal(a.mvm(X), Crossbar(DEV, seed=2, **kw).program(W).mvm(X))  # another chip
+    with pytest.raises(ConfigError, match="adc_gain_rel = 0.02 describes the ADC, but adc_bits is not set"):
+        Crossbar(DEV, adc_gain_rel=0.02)
+    with pytest.raises(ConfigError, match="adc_offset_lsb"):
+        Crossbar(DEV, adc_bits=8, adc_offset_lsb=-1.0)

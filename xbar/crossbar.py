@@ -69,6 +69,9 @@ class Crossbar:
         Reads (mvm and mvm_t) see the array's effective conductances, computed once per
         programming; weights() and conductances() stay the devices' own state.
     v_read: read voltage of a full-scale input (V).
+    adc_offset_lsb, adc_gain_rel, adc_inl_lsb: per-ADC offset (std, LSB), gain error (std,
+        relative) and peak integral nonlinearity (LSB), drawn once per ADC from the seed
+        (:mod:`xbar.tile.adc`); they need adc_bits.
 
     The parts behind it (``xbar.tile``): ``settings`` (the validated options), ``physics`` (the
     devices), ``state`` (what the array holds) and ``read`` (the read path's public stages).

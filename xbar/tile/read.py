@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import rng as krng
+from . import adc
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_periphery, tile_periphery_serial
 from .settings import Settings
 
@@ -148,7 +149,18 @@ class ReadPath:
             return np.zeros((0, self.gd.shape[2] if way == "fwd" else self.gd.shape[1]), np.float32)
         M, V, post = self.tile_currents(xs, way)
         inv_step, step_post, qlo, qhi = self.adc_params(M, post, way)
+        errors = self.adc_errors(way, inv_step.shape)
+        if errors is not None:
+            M, inv_step = adc.apply(M, inv_step, 2 ** (self.s.adc_bits - 1) - 1, errors)
         return self.periphery(M, V, inv_step, step_post, qlo, qhi, post)
+
+    def adc_errors(self, way: str, shape: tuple[int, int]):
+        """Per-ADC offset, gain and INL draws of this chip (xbar.tile.adc), or None for ideal ADCs."""
+        s = self.s
+        if not (s.adc_offset_lsb or s.adc_gain_rel or s.adc_inl_lsb):
+            return None
+        return self.cached(f"adc-errors-{way}-{shape}", lambda: adc.draws(
+            s.seed, way, shape, s.adc_offset_lsb, s.adc_gain_rel, s.adc_inl_lsb))
 
     def periphery(self, M, V, inv_step, step_post, qlo, qhi, post) -> np.ndarray:
         """The fused kernel: read noise on each tile output, its ADC, and the digital partial sums."""

@@ -40,6 +40,11 @@ FIELDS: tuple[Field, ...] = (
           lo=0.0, lo_open=True, hi=100.0),
     Field("bias", "str", "digital", "Bias added after the ADC, or an extra row driven at 1.", choices=BIAS_MODES),
     Field("read_noise", "bool", True, "Read with the device's read noise."),
+    Field("adc_offset_lsb", "float", 0.0, "Std of each ADC's offset, in LSB (drawn per ADC from the seed).",
+          lo=0.0, hi=1e3),
+    Field("adc_gain_rel", "float", 0.0, "Std of each ADC's relative gain error.", lo=0.0, hi=0.5),
+    Field("adc_inl_lsb", "float", 0.0, "Peak integral nonlinearity of the ADCs, in LSB (each ADC's bow "
+          "drawn in [-1, 1] times this).", lo=0.0, hi=1e3),
     Field("ir_drop", "str", "none", "Wire resistance: none, exact (nodal analysis per tile) or fast "
           "(first-order, see xbar.tile.irdrop).", choices=IR_DROP_MODES),
     Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (rows and "
@@ -71,6 +76,9 @@ class Settings:
     dac_range: Any = "dynamic"
     bias: str = "digital"
     read_noise: bool = True
+    adc_offset_lsb: float = 0.0
+    adc_gain_rel: float = 0.0
+    adc_inl_lsb: float = 0.0
     ir_drop: str = "none"
     r_wire_ohm: float = 0.0
     v_read: float = 0.2
@@ -110,6 +118,10 @@ class Settings:
             if quant == "symm" and quant_bits < 2:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits
+        errs = [k for k in ("adc_offset_lsb", "adc_gain_rel", "adc_inl_lsb") if out[k]]
+        if errs and out["adc_bits"] is None:
+            raise ConfigError(f"{errs[0]} = {out[errs[0]]!r} describes the ADC, but adc_bits is not set (ideal "
+                              "ADC); set adc_bits, e.g. 8")
         if out["ir_drop"] != "none" and not out["r_wire_ohm"] > 0:
             raise ConfigError(f"ir_drop = {out['ir_drop']!r} needs r_wire_ohm > 0 (the resistance of one wire "
                               "segment, e.g. 1.0 Ω); set r_wire_ohm or ir_drop = 'none'")

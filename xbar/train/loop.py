@@ -68,6 +68,10 @@ FIELDS: tuple[Field, ...] = (
     Field("adc_bits", "int", None, "ADC resolution per tile output (omit: ideal).", lo=2, hi=16,
           optional=True),
     Field("dac_bits", "int", None, "Input DAC resolution (omit: analog inputs).", lo=2, hi=16, optional=True),
+    Field("adc_offset_lsb", "float", 0.0, "Std of each ADC's offset, in LSB (needs adc_bits).", lo=0.0, hi=1e3),
+    Field("adc_gain_rel", "float", 0.0, "Std of each ADC's relative gain error (needs adc_bits).", lo=0.0, hi=0.5),
+    Field("adc_inl_lsb", "float", 0.0, "Peak integral nonlinearity of the ADCs, in LSB (needs adc_bits).",
+          lo=0.0, hi=1e3),
     Field("ir_drop", "str", "none", "Wire resistance in every tile: 'none', 'exact' (nodal analysis) or "
           "'fast' (first-order); see xbar.tile.irdrop.", choices=("none", "exact", "fast")),
     Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (Ω).",
@@ -236,6 +240,9 @@ class TrainConfig:
     tile: str = "64x64"
     adc_bits: int | None = None
     dac_bits: int | None = None
+    adc_offset_lsb: float = 0.0
+    adc_gain_rel: float = 0.0
+    adc_inl_lsb: float = 0.0
     ir_drop: str = "none"
     r_wire_ohm: float = 0.0
     v_read: float = 0.2
@@ -318,6 +325,10 @@ class TrainConfig:
             setup.steps()   # analog or non-uniform devices cannot be rounded onto
         elif out.update in ("mixed", "pulse"):
             check_insitu(out.update, setup)   # fixed range, pulse device / device step
+        errs = [k for k in ("adc_offset_lsb", "adc_gain_rel", "adc_inl_lsb") if getattr(out, k)]
+        if errs and out.adc_bits is None:
+            raise ConfigError(f"{errs[0]} = {getattr(out, errs[0])!r} describes the ADC, but adc_bits is not set "
+                              "(ideal ADC); set adc_bits, e.g. 8")
         if out.ir_drop != "none" and not out.r_wire_ohm > 0:
             raise ConfigError(f"ir_drop = {out.ir_drop!r} needs r_wire_ohm > 0 (the resistance of one wire "
                               "segment, e.g. 1.0); set r_wire_ohm or ir_drop = 'none'")
@@ -352,8 +363,10 @@ class TrainConfig:
         return DeviceSetup(device=dev, bits=bits, quant=self.quant, range=self.range,
                            w_range=(-self.w_max, self.w_max), gain=self.gain, tile=parse_tile(self.tile),
                            adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale,
-                           wires={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
-                                  "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read})
+                           options={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
+                                    "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read,
+                                    "adc_offset_lsb": self.adc_offset_lsb, "adc_gain_rel": self.adc_gain_rel,
+                                    "adc_inl_lsb": self.adc_inl_lsb})
 
 
 def stream(seed: int, k: int) -> np.random.Generator:

@@ -98,7 +98,7 @@ class DeviceSetup:
     adc_bits: int | None = None
     dac_bits: int | None = None
     range_scale: float = 2.0
-    wires: dict | None = dataclasses.field(default=None, hash=False)   # ir_drop, r_wire_ohm, v_read: Crossbar keywords (None: ideal wires)
+    options: dict | None = dataclasses.field(default=None, hash=False)   # wires and ADC errors: Crossbar keywords
 
     def for_layer(self, layer) -> DeviceSetup:
         """This setup with the layer's own device bits (``layer.bits``, set by a network spec's
@@ -122,7 +122,7 @@ class DeviceSetup:
         quant = None if self.quant == "device" else self.quant
         return Crossbar(self.device, tile=self.tile, adc_bits=self.adc_bits, dac_bits=self.dac_bits,
                         seed=seed, range=self.range, w_range=self.w_range, quant=quant,
-                        quant_bits=self.bits if quant else None, gain=self.gain, bias=bias, **(self.wires or {}))
+                        quant_bits=self.bits if quant else None, gain=self.gain, bias=bias, **(self.options or {}))
 
     def steps(self) -> int:
         """n in the rounding formulas: asymm 2^b - 1 steps over [lo, hi]; symm 2^(b-1) - 1 and
