@@ -100,7 +100,7 @@ def test_adc_errors_against_a_slow_reference():
     rng = np.random.default_rng(5)
     W = rng.uniform(-1, 1, (100, 40)).astype(np.float32)
     X = rng.uniform(-1, 1, (7, 100)).astype(np.float32)
-    kw = dict(adc_bits=6, tile=(32, 16), range="local", adc_offset_lsb=0.7, adc_gain_rel=0.05, adc_inl_lsb=1.5)
+    kw = {"adc_bits": 6, "tile": (32, 16), "range": "local", "adc_offset_lsb": 0.7, "adc_gain_rel": 0.05, "adc_inl_lsb": 1.5}
     xb = Crossbar(DEV.with_(bits=3), seed=2, **kw).program(W)
     y = xb.mvm(X)
     rd = xb.read
@@ -123,7 +123,7 @@ def test_adc_errors_against_a_slow_reference():
 
 def test_adc_errors_are_fixed_per_chip_and_need_an_adc():
     W, X, _ = layer()
-    kw = dict(adc_bits=8, adc_offset_lsb=0.5, adc_gain_rel=0.02, adc_inl_lsb=1.0, range="local")
+    kw = {"adc_bits": 8, "adc_offset_lsb": 0.5, "adc_gain_rel": 0.02, "adc_inl_lsb": 1.0, "range": "local"}
     a, b = Crossbar(DEV, seed=1, **kw).program(W), Crossbar(DEV, seed=1, **kw).program(W)
     assert np.array_equal(a.mvm(X), a.mvm(X)) and np.array_equal(a.mvm(X), b.mvm(X))   # noise-free device
     assert not np.array_equal(a.mvm(X), Crossbar(DEV, seed=2, **kw).program(W).mvm(X))  # another chip

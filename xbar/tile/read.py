@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..kernels import rng as krng
-from . import adc
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_periphery, tile_periphery_serial
+from . import adc
 from .settings import Settings
 
 # Below this many tile outputs a parallel launch costs more than it saves (measured: ~35 µs serial
