@@ -28,6 +28,9 @@ def __getattr__(name):
     if name == "Crossbar":
         from .crossbar import Crossbar
         return Crossbar
+    if name == "from_torch":   # torch stays optional: imported only when asked for
+        from .interop.torch import from_torch
+        return from_torch
     if name in SUBMODULES:
         import importlib
         return importlib.import_module(f".{name}", __name__)

@@ -357,8 +357,14 @@ def _read(path: Path, f) -> Run:
 
 
 def _spec_data(trainer_or_network, net: Network) -> dict[str, Any] | None:
-    """{"data": the network spec as parsed TOML, "file": where it came from}, or None if unknown."""
+    """{"data": the network spec as parsed TOML, "file": where it came from}, or None if unknown.
+
+    A network that carries its spec as data (``net.spec_data``, e.g. one made by
+    xbar.interop.from_torch) is saved with it; otherwise a Trainer's spec file is read."""
     from .config import load_toml
+    carried = getattr(net, "spec_data", None)
+    if carried is not None and getattr(trainer_or_network, "spec", None) is None:
+        return {"data": carried["data"], "file": carried.get("file")}
     spec = getattr(trainer_or_network, "spec", None)
     if spec is None or getattr(spec, "file", None) is None:
         return None

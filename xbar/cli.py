@@ -238,7 +238,11 @@ def train_config(args):
     """The resolved TrainConfig of parsed `xbar train` arguments (validated; nothing is trained)."""
     from .train import TrainConfig
     from .train.loop import FIELDS
-    return TrainConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
+    data = _config_from_args(args, FIELDS)
+    if data.get("init"):   # the run's network and dataset, unless the command line names others
+        from .interop.commands import init_defaults
+        data = {**init_defaults(data["init"]), **data}
+    return TrainConfig.from_dict(data, file="command line").resolve()
 
 
 def parse_train_config(argv: list[str]):
@@ -521,8 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     from . import cost, prune
+    from .interop.commands import add_commands as add_interop_commands
     cost.add_cli(sub)
     prune.add_cli(sub)
+    add_interop_commands(sub)
 
     dm = command("demo", help="digits on a 3-bit crossbar: float vs nearest vs stochastic vs qat")
     dm.add_argument("--device", default="ideal", help="device preset or path to a .toml")

@@ -1,4 +1,5 @@
-"""Convolutions on crossbars, and the digital periphery around them: pooling, dropout, batch norm.
+"""Convolutions on crossbars, and the digital periphery around them: pooling, dropout, batch norm,
+residual additions.
 
 A convolution is a crossbar user like a dense layer (Conv2d subclasses nn.CrossbarLayer): its
 weights are presented as W (k·k·C_in, C_out), one crossbar column per filter, and its input
@@ -22,9 +23,10 @@ import math
 
 import numpy as np
 
+from .config import suggest
 from .errors import ShapeError
 from .kernels import im2col as K
-from .nn import CrossbarLayer
+from .nn import ACTIVATIONS, CrossbarLayer
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -208,6 +210,54 @@ class Dropout:
 
     def __repr__(self) -> str:
         return f"dropout{self.p:g}"
+
+
+# ---- residual addition ----------------------------------------------------------------------------
+
+class Residual:
+    """A skip connection's addition in a layer's digital periphery (He et al. 2016, ResNet):
+    z = f(y + s), y the layer's outputs so far (after its activation and earlier tail ops), s the
+    output of layer ``source`` of the network (-1: the network's input), f the activation after
+    the addition (ResNet: relu; "identity" for none).
+
+    The Network hands s and the source's cache to forward; backward sends g·f'(y + s), the
+    gradient of s, to that cache (:meth:`xbar.nn.Cache.receive`) and returns the same to y.
+    """
+
+    needs_maps = False
+    takes_skip = True
+
+    def __init__(self, source: int, activation: str = "identity"):
+        if activation not in ACTIVATIONS:
+            raise ShapeError(f"residual activation {activation!r}: expected one of "
+                             + ", ".join(map(repr, ACTIVATIONS)) + suggest(str(activation), ACTIVATIONS))
+        self.source, self.activation = int(source), activation
+        self._f, self._back = ACTIVATIONS[activation]
+
+    def out_shape(self, shape):
+        return shape
+
+    def forward(self, y: np.ndarray, train: bool = True, skip=None):
+        if skip is None:
+            raise ShapeError(f"{self!r}: the skip value is missing; run the layer inside its Network")
+        value, target = skip
+        if value.size != y.size:
+            raise ShapeError(f"{self!r}: adds {value.size // max(len(value), 1)} values per sample to "
+                             f"{y.size // max(len(y), 1)}; the shapes of the two paths differ")
+        h = y + value.reshape(y.shape)
+        z = self._f(h)
+        return z, (h, z, target)
+
+    def backward(self, g: np.ndarray, cache) -> np.ndarray:
+        h, z, target = cache
+        d = self._back(g, h, z)
+        if target is not None:
+            target.receive(d.reshape(d.shape[0], -1))
+        return d
+
+    def __repr__(self) -> str:
+        src = "input" if self.source < 0 else f"L{self.source}"
+        return f"add({src})" + ("" if self.activation == "identity" else f"+{self.activation}")
 
 
 # ---- batch norm -----------------------------------------------------------------------------------

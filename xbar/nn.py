@@ -109,9 +109,9 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
     "sign": (_sign, _sign_back),
     "identity": (lambda a: a, _identity_back),
 }
-HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "hardtanh", "sign")
+HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "hardtanh", "sign", "identity")
 OUTPUTS = ("log_softmax", "mse")
-LAYER_KINDS = ("dense", "conv", "maxpool", "avgpool", "dropout", "flatten")
+LAYER_KINDS = ("dense", "conv", "maxpool", "avgpool", "dropout", "flatten", "add")
 
 
 # ---- output losses: value and error dL/da side by side -----------------------------------------
@@ -165,6 +165,10 @@ class Cache:
     head ops and the batch norm; None: a), act (the activation's output before the tail, in h's
     shape; None: z), bn (the batch norm's cache), head / tail (one (cache, output shape) per op),
     bn_grads (set by local_delta).
+
+    Skip connections (set only in networks that have them, see :class:`Network`): skip_grads
+    collects dL/dz sent by the residual additions that read this layer's output (None until one
+    has sent); chain_source is, for a branch layer, the cache of the layer whose output it reads.
     """
 
     x: np.ndarray
@@ -177,6 +181,14 @@ class Cache:
     tail: list | None = None
     head: list | None = None
     bn_grads: list | None = field(default=None, repr=False)
+    skip_grads: list | None = field(default=None, repr=False)
+    chain_source: Cache | None = field(default=None, repr=False)
+
+    def receive(self, g: np.ndarray) -> None:
+        """Add a gradient dL/dz (batch, out_size) that reaches this layer's output by a skip path."""
+        if self.skip_grads is None:
+            self.skip_grads = []
+        self.skip_grads.append(g)
 
 
 def sign(W: np.ndarray) -> np.ndarray:
@@ -228,9 +240,11 @@ class CrossbarLayer:
         its digital bias); set by the update scheme, which also reprograms it.
     mask: None, or a boolean (n_in, n_out) array of kept weights (pruning): masked weights read as
         zero and receive no gradient.
-    tail: ops applied after the activation (pooling, dropout; see add_tail).
+    tail: ops applied after the activation (pooling, dropout, a residual addition; see add_tail).
     head: pooling applied to the crossbar's outputs before the batch norm and the activation
         (BNN's order conv → pool → BN → sign; see add_head).
+    branch: a side branch (a projection shortcut): the layer reads the same input as the layer
+        after it, and its output goes only to a later residual addition (see :class:`Network`).
     """
 
     kind = ""
@@ -258,6 +272,7 @@ class CrossbarLayer:
         self.bn = batchnorm
         self.tail: list = []
         self.head: list = []
+        self.branch = False
         if weights == "binary":
             # The trainer calls post_update() after every optimizer step on layers that have it.
             self.post_update = self.clip_latent
@@ -350,11 +365,13 @@ class CrossbarLayer:
         return a
 
     # -- forward / backward -------------------------------------------------------------------
-    def forward(self, x: np.ndarray, train: bool = True) -> tuple[np.ndarray, Cache]:
+    def forward(self, x: np.ndarray, train: bool = True, skips: list | None = None) -> tuple[np.ndarray, Cache]:
         """z (batch, out_size) for x (batch, in_size) float32, and the cache for backward.
 
         train: batch norm uses (and updates the running averages of) the batch statistics and
         dropout drops; False: running statistics folded into a column gain and offset, no dropout.
+        skips: for the tail's residual additions, in order, (value, cache of its source or None);
+        the Network passes them.
         """
         cols = self._cols(x)
         if self.crossbar is not None:
@@ -381,8 +398,16 @@ class CrossbarLayer:
         if self.tail:
             y = self._map(za, batch)
             tail_caches = []
+            k = 0
             for op in self.tail:
-                y, c = op.forward(y, train)
+                if getattr(op, "takes_skip", False):
+                    if skips is None or k >= len(skips):
+                        raise ShapeError(f"{self!r}: its residual addition needs the skip value; run it "
+                                         "inside its Network")
+                    y, c = op.forward(y, train, skips[k])
+                    k += 1
+                else:
+                    y, c = op.forward(y, train)
                 tail_caches.append((c, y.shape))
             z = y.reshape(batch, -1)
         else:
@@ -393,7 +418,24 @@ class CrossbarLayer:
     def local_delta(self, g: np.ndarray, cache: Cache) -> np.ndarray:
         """dL/da at the crossbar outputs (rows, n_out), for g = dL/dz (batch, out_size) (or whatever
         the rule sends back in its place): back through the tail, f'(·), the batch norm (whose
-        gradients it leaves in cache.bn_grads for grads()) and the head."""
+        gradients it leaves in cache.bn_grads for grads()) and the head.
+
+        Skip connections: gradients that residual additions sent to this layer's output
+        (cache.skip_grads) are added to g. A branch layer whose additions have already sent theirs
+        (rules that go back layer by layer, bp and fa) takes g as what the next layer sends back to
+        their common input, passes it on to the layer that produced that input, and learns from
+        the additions' gradients; before they have sent (rules that signal each layer directly),
+        g is the signal for its own output."""
+        if cache.skip_grads is not None:
+            if self.branch:
+                if cache.chain_source is not None:
+                    cache.chain_source.receive(g)
+                g = cache.skip_grads[0]
+                for s in cache.skip_grads[1:]:
+                    g = g + s
+            else:
+                for s in cache.skip_grads:
+                    g = g + s
         act = cache.z if cache.act is None else cache.act
         if cache.tail is not None:
             for op, (c, shape) in zip(reversed(self.tail), reversed(cache.tail)):
@@ -467,6 +509,7 @@ class CrossbarLayer:
         """The layer's pipeline after the crossbar, in order, then where its weights live."""
         parts = ["binary" + ("·mean|w|" if self.scale == "mean" else "")] if self.weights == "binary" else []
         parts += [repr(op) for op in self.head] + (["bn"] if self.bn is not None else [])
+        parts = (["branch"] if self.branch else []) + parts
         parts += [self.activation] + [repr(op) for op in self.tail]
         parts.append("float" if self.crossbar is None else repr(self.crossbar))
         return ", ".join(parts)
@@ -497,6 +540,14 @@ class Network:
     """A stack of crossbar layers and an output loss; forward returns explicit caches for the rules.
 
     input_shape: (C, H, W) of one input row when the network has convolutions, else None.
+
+    Skip connections (ResNets): a layer's tail may hold residual additions
+    (:class:`xbar.conv.Residual`, z = f(y + s)) whose s is the output of an earlier layer (its
+    index, or -1 for the network's input), and a layer may be a ``branch`` (a projection
+    shortcut): it reads the same input as the layer after it, and only additions read its output.
+    Layers stay one list in execution order, so the rules and update schemes see crossbar layers
+    as before; the additions send their gradients to their sources' caches
+    (:meth:`CrossbarLayer.local_delta`).
     """
 
     def __init__(self, layers: list[CrossbarLayer], output: str = "log_softmax", name: str = "custom",
@@ -508,10 +559,62 @@ class Network:
         self.output = output
         self.name = name
         self.input_shape = input_shape
+        self._graph  # noqa: B018 (a bad graph fails here, not at the first batch)
+
+    @property
+    def _graph(self) -> dict | None:
+        """None for a plain chain; else the skip sources of every layer and where branches read
+        (derived from the layers each time, so layers changed after construction are seen)."""
+        sources = [[op.source for op in layer.tail if getattr(op, "takes_skip", False)] for layer in self.layers]
+        if not any(sources) and not any(layer.branch for layer in self.layers):
+            return None
+        if self.layers and self.layers[-1].branch:
+            raise ShapeError("the output layer cannot be a branch layer")
+        chain_src, src = [], -1
+        for i, (layer, srcs) in enumerate(zip(self.layers, sources)):
+            for s in srcs:
+                if not -1 <= s < i:
+                    raise ShapeError(f"layer {i} ({layer!r}): a residual addition reads layer {s}; it must "
+                                     f"read an earlier layer (0..{i - 1}) or the input (-1)")
+            chain_src.append(src)
+            if not layer.branch:
+                src = i
+        return {"sources": sources, "chain_src": chain_src, "keep": {s for srcs in sources for s in srcs}}
+
+    def _input_maps(self, x: np.ndarray) -> np.ndarray:
+        """The network's input rows as a skip value: channels last, like every layer's output."""
+        if self.input_shape is None or self.input_shape[0] == 1:
+            return x
+        C, H, W = self.input_shape
+        return np.ascontiguousarray(x.reshape(-1, C, H, W).transpose(0, 2, 3, 1)).reshape(len(x), -1)
+
+    def _run(self, x: np.ndarray, train: bool, keep: bool) -> tuple[np.ndarray, list[Cache]]:
+        """Forward through a network with skip connections (keep: link the caches for backward)."""
+        g = self._graph
+        caches: list[Cache] = []
+        outs: dict[int, np.ndarray] = {}
+        chain = x
+        for i, layer in enumerate(self.layers):
+            skips = None
+            if g["sources"][i]:
+                skips = [(outs[s] if s >= 0 else self._input_maps(x), caches[s] if keep and s >= 0 else None)
+                         for s in g["sources"][i]]
+            z, c = layer.forward(chain, train, skips)
+            if keep:
+                if layer.branch and g["chain_src"][i] >= 0:
+                    c.chain_source = caches[g["chain_src"][i]]
+                caches.append(c)
+            if i in g["keep"]:
+                outs[i] = z
+            if not layer.branch:
+                chain = z
+        return chain, caches
 
     def forward(self, x: np.ndarray, train: bool = True) -> tuple[np.ndarray, list[Cache]]:
         """Output pre-activation (batch, classes) and one cache per layer (train: batch statistics
         and dropout, see CrossbarLayer.forward)."""
+        if self._graph is not None:
+            return self._run(x, train, True)
         caches = []
         for layer in self.layers:
             x, c = layer.forward(x, train)
@@ -531,13 +634,39 @@ class Network:
         outs = []
         for i in range(0, len(X), bs):
             x = X[i:i + bs]
-            for layer in self.layers:
-                x, _ = layer.forward(x, False)
+            if self._graph is not None:
+                x, _ = self._run(x, False, False)
+            else:
+                for layer in self.layers:
+                    x, _ = layer.forward(x, False)
             outs.append(x)
         return np.concatenate(outs) if outs else np.zeros((0, self.layers[-1].n_out), np.float32)
 
     def loss(self, a: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return loss_and_error(self.output, a, y)
+
+    def calibrate(self, X: np.ndarray) -> None:
+        """Set every crossbar's ADC full scale from a batch X of network inputs, each layer on its
+        own inputs in inference mode (skip connections followed); layers without ADCs are skipped."""
+        g = self._graph
+        if g is None:
+            x = X
+            for layer in self.layers:
+                if layer.crossbar is None or layer.crossbar.adc_bits is None:
+                    return
+                x = layer.calibrate(x)
+            return
+        outs: dict[int, np.ndarray] = {}
+        chain = X
+        for i, layer in enumerate(self.layers):
+            if layer.crossbar is not None and layer.crossbar.adc_bits is not None:
+                layer.crossbar.calibrate(layer._cols(chain))
+            skips = [(outs[s] if s >= 0 else self._input_maps(X), None) for s in g["sources"][i]] or None
+            z, _ = layer.forward(chain, False, skips)
+            if i in g["keep"]:
+                outs[i] = z
+            if not layer.branch:
+                chain = z
 
     def params(self) -> list[np.ndarray]:
         return [p for layer in self.layers for p in layer.params()]
@@ -585,6 +714,8 @@ _CROSSBAR_OPTIONS: tuple[Field, ...] = (
     Field("bits", "int", None, "This layer's device bits, overriding the run's (binarized networks "
           "keep the first and last layers wider).", lo=1, hi=8, optional=True),
     Field("bias", "bool", None, "The layer has a bias.", optional=True),
+    Field("branch", "bool", False, "A side branch (projection shortcut): reads the same input as the "
+          "layer after it; only a later add reads its output."),
 )
 _POOL: tuple[Field, ...] = (
     _KIND, Field("size", "int", 2, "Square window.", lo=1, hi=1024),
@@ -604,6 +735,10 @@ LAYER_FIELDS: dict[str, tuple[Field, ...]] = {
     "dropout": (_KIND, Field("p", "float", 0.5, "Drop probability (training only).", lo=0.0, hi=1.0,
                              hi_open=True),),
     "flatten": (_KIND, Field("size", "int", None, "Expected flattened size, checked.", lo=1, optional=True),),
+    "add": (_KIND, Field("from", "int", None, "The [[layers]] index whose output is added (-1: the "
+                         "network's input).", lo=-1),
+            Field("activation", "str", None, "Activation after the addition (default: the network's).",
+                  choices=HIDDEN_ACTIVATIONS, optional=True)),
 }
 OUTPUT_LAYER_FIELDS: tuple[Field, ...] = tuple(f for f in _CROSSBAR_OPTIONS
                                                if f.name in ("weights", "scale", "bits", "bias"))
@@ -616,7 +751,9 @@ class LayerSpec:
     units: dense width, or conv filters; kernel, stride, padding: conv geometry; size, stride:
     pooling window and step (stride None: size), pre_activation: pooling before the batch norm and
     activation; size: flatten's expected size (None: unchecked);
-    p: dropout probability; the rest as in :class:`CrossbarLayer`.
+    p: dropout probability; source: an add's ``from`` (the [[layers]] index whose output it adds,
+    -1 for the network's input); branch: a conv/dense side branch; the rest as in
+    :class:`CrossbarLayer`.
     """
 
     kind: str
@@ -634,6 +771,8 @@ class LayerSpec:
     scale: str = "none"
     bits: int | None = None
     bias: bool = True
+    source: int | None = None
+    branch: bool = False
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -656,7 +795,14 @@ class NetworkSpec:
     - ``kind = "maxpool"`` / ``"avgpool"``: ``size`` (2), ``stride`` (size), ``pre_activation``
       (false: pool the layer's outputs; true: pool its crossbar outputs before batch norm and
       activation, BNN's order; then it must directly follow the conv layer);
-      ``kind = "dropout"``: ``p``; ``kind = "flatten"``: ``size`` (optional, checked).
+      ``kind = "dropout"``: ``p``; ``kind = "flatten"``: ``size`` (optional, checked);
+    - ``kind = "add"`` (a skip connection, ResNet's z = f(y + s)): ``from`` (the [[layers]] index
+      whose output s is, -1 for the network's input; s must have the shape of the current output y)
+      and ``activation`` (after the addition; "identity" for none). Like pooling, it runs in the
+      periphery of the conv/dense layer before it, after that layer's activation (a ResNet block's
+      second conv says ``activation = "identity"`` and the add ``activation = "relu"``);
+    - ``branch = true`` on a conv/dense layer (a projection shortcut): it reads the same input as
+      the layer after it, and only a later add reads its output (``from`` = its index).
 
     A conv/dense layer computes crossbar → batch norm → activation; pooling and dropout attach
     to the conv/dense layer before them (they run in its digital periphery), after its activation
@@ -747,28 +893,46 @@ class NetworkSpec:
         """The input shape of every layer and, last, of the output layer: (C, H, W) for feature
         maps, (n,) for flat vectors (None entries where n_in is unknown). Raises ConfigError naming
         the layer for anything that cannot be built."""
+        return self._plan(n_in)[0]
+
+    def _plan(self, n_in: int | None) -> tuple[list[tuple[int, ...]], dict[int, int]]:
+        """(_walk's shapes, {index of an add entry: the crossbar layer whose output it adds, -1 for
+        the network's input}). Crossbar layers are numbered in order, branches included; pooling,
+        dropout and add run in the last non-branch conv/dense layer before them."""
         shape: tuple[int, ...] | None
         if self.input is not None:
             shape = tuple(self.input)
         else:
             shape = None if n_in is None else (int(n_in),)
+        input_shape = shape
         shapes: list[tuple[int, ...]] = []
-        crossbar_seen = False
+        n_layers, last_main, chain_owner = 0, -1, -1
+        after_branch = None             # the index of a branch entry not yet followed by a conv/dense
+        value_owner: list[int] = []     # per entry: the layer whose output is the value after it
+        value_shape: list = []
+        last_touch: dict[int, int] = {}   # layer -> the last entry that changed its output
+        unused_branches: dict[int, int] = {}   # layer -> entry
+        sources: dict[int, int] = {}
         for i, ls in enumerate(self.layers):
             shapes.append(shape)
             where = self._where(i)
-            if ls.pre_activation and not (i > 0 and (self.layers[i - 1].kind == "conv"
+            if ls.pre_activation and not (i > 0 and ((self.layers[i - 1].kind == "conv" and not self.layers[i - 1].branch)
                                                      or self.layers[i - 1].pre_activation)):
                 raise ConfigError(f"{where}: pre_activation = true pools a conv layer's outputs before its "
                                   "batch norm and activation: it must come right after that conv layer")
-            if ls.kind in ("maxpool", "avgpool", "dropout") and not crossbar_seen:
-                raise ConfigError(f"{where}: must follow a conv or dense layer (pooling and dropout run "
-                                  "in that layer's digital periphery)")
+            if ls.kind in ("maxpool", "avgpool", "dropout", "add"):
+                if last_main < 0:
+                    raise ConfigError(f"{where}: must follow a conv or dense layer (pooling, dropout and "
+                                      "residual additions run in that layer's digital periphery)")
+                if after_branch is not None:
+                    raise ConfigError(f"{where}: follows the branch layer {self._where(after_branch)}; it "
+                                      "would run in the layer before the branch, so put it before the branch")
             maps = shape is not None and len(shape) == 3
             if ls.kind in ("conv", "maxpool", "avgpool") and not maps:
                 raise ConfigError(f"{where}: needs feature maps, but its input is "
                                   f"{'a flat vector' if shape is None else _shape_text(shape)} (after a dense "
                                   "or flatten layer); put it before those")
+            out = shape
             if ls.kind == "conv":
                 C, H, W = shape
                 k, s, p = ls.kernel, ls.stride, ls.padding
@@ -779,40 +943,82 @@ class NetworkSpec:
                     raise ConfigError(f"{where}: kernel {k}x{k} is larger than its {H}x{W} input "
                                       f"(padding {p}); use a smaller kernel, more padding or less pooling "
                                       "before it")
-                shape = (ls.units, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
-                crossbar_seen = True
+                out = (ls.units, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
             elif ls.kind in ("maxpool", "avgpool"):
                 C, H, W = shape
                 size, step = ls.size, ls.stride or ls.size
                 if size > H or size > W:
                     raise ConfigError(f"{where}: window {size}x{size} is larger than its {H}x{W} input; "
                                       "use a smaller size or less pooling before it")
-                shape = (C, (H - size) // step + 1, (W - size) // step + 1)
+                out = (C, (H - size) // step + 1, (W - size) // step + 1)
             elif ls.kind == "flatten":
                 if shape is not None:
                     n = math.prod(shape)
                     if ls.size is not None and ls.size != n:
                         raise ConfigError(f"{where}: size = {ls.size}, but its input ({_shape_text(shape)}) "
                                           f"flattens to {n} values; fix size or the layers before it")
-                    shape = (n,)
+                    out = (n,)
             elif ls.kind == "dense":
                 if maps:
                     raise ConfigError(f"{where}: its input is {_shape_text(shape)}; put a [[layers]] "
                                       'kind = "flatten" before it')
-                shape = (ls.units,)
-                crossbar_seen = True
+                out = (ls.units,)
+            elif ls.kind == "add":
+                k = ls.source
+                if not -1 <= k < i:
+                    raise ConfigError(f"{where_text(self.file, f'layers[{i}].from')} = {k}: expected an "
+                                      f"earlier [[layers]] index (0..{i - 1}) or -1 for the network's input")
+                src, src_shape = (-1, input_shape) if k < 0 else (value_owner[k], value_shape[k])
+                if src >= 0 and last_touch[src] > k:
+                    j = last_touch[src]
+                    raise ConfigError(f"{where}: from = {k}, but {self._where(j)} still changes that layer's "
+                                      f"output after it; use from = {j}")
+                if src == last_main:
+                    raise ConfigError(f"{where}: from = {k} is the output of the layer this addition runs "
+                                      "in; a skip connection adds the output of an earlier layer")
+                if shape is not None and src_shape is not None and tuple(src_shape) != tuple(shape):
+                    raise ConfigError(f"{where}: adds {_shape_text(src_shape)} (the output of "
+                                      f"{'the input' if k < 0 else self._where(k)}) to {_shape_text(shape)}; "
+                                      "the two paths must give the same shape")
+                sources[i] = src
+                unused_branches.pop(src, None)
+            if ls.kind in CROSSBAR_KINDS:
+                if ls.branch:
+                    unused_branches[n_layers] = i
+                    after_branch = i
+                    value_owner.append(n_layers)
+                    value_shape.append(out)
+                    last_touch[n_layers] = i
+                    n_layers += 1
+                    continue
+                after_branch = None
+                last_main = chain_owner = n_layers
+                last_touch[n_layers] = i
+                n_layers += 1
+            elif ls.kind != "flatten":
+                last_touch[last_main] = i
+            shape = out
+            value_owner.append(chain_owner)
+            value_shape.append(shape)
+        if unused_branches:
+            j = next(iter(unused_branches.values()))
+            raise ConfigError(f"{self._where(j)}: branch = true, but no later add reads it (from = {j}); "
+                              "a branch layer's output goes only to a residual addition")
+        if after_branch is not None:
+            raise ConfigError(f"{self._where(after_branch)}: a branch layer must be followed by the layer "
+                              "that reads the same input; the output layer cannot be one")
         if shape is not None and len(shape) == 3:
             raise ConfigError(f"{where_text(self.file, 'layers')}: the output layer is dense, but the last "
                               f"layer gives {_shape_text(shape)}; end with a [[layers]] kind = \"flatten\"")
         shapes.append(shape)
-        return shapes
+        return shapes, sources
 
-    def _check_input(self, n_in: int) -> list[tuple[int, ...]]:
+    def _check_input(self, n_in: int, plan: bool = False):
         if self.input is not None and n_in != math.prod(self.input):
             raise ConfigError(f"network {self.name!r} takes inputs of shape {'x'.join(map(str, self.input))} "
                               f"({math.prod(self.input)} values per sample), but the data has {n_in} values "
                               "per sample; use a dataset of that shape or change input in the network file")
-        return self._walk(n_in)
+        return self._plan(n_in) if plan else self._walk(n_in)
 
     def widths(self, n_in: int, n_classes: int) -> list[int]:
         """Flat widths from input to output, one per crossbar layer boundary: e.g. [784, 100, 100,
@@ -873,10 +1079,11 @@ class NetworkSpec:
 
     def build(self, n_in: int, n_classes: int, rng: np.random.Generator) -> Network:
         """Instantiate the layers (weights drawn from `rng`, layer by layer, W before b)."""
-        shapes = self._check_input(n_in)
+        shapes, sources = self._check_input(n_in, plan=True)
         self.check_memory(n_in, n_classes, batch_size=1)
         layers: list[CrossbarLayer] = []
-        for ls, shape in zip(self.layers, shapes):
+        main: CrossbarLayer | None = None   # the last non-branch layer: pooling, dropout, add run in it
+        for i, (ls, shape) in enumerate(zip(self.layers, shapes)):
             bn = None
             if ls.kind in CROSSBAR_KINDS and ls.batchnorm:
                 from .conv import BatchNorm
@@ -887,15 +1094,23 @@ class NetworkSpec:
                 layers.append(Dense(shape[0], ls.units, ls.activation, **opts))
             elif ls.kind == "conv":
                 from .conv import Conv2d
+                # the first layer that is no branch, and the branches before it, read the dataset's rows
                 layers.append(Conv2d(shape, ls.units, ls.kernel, ls.activation, stride=ls.stride,
-                                     padding=ls.padding, chw_input=not layers and shape[0] > 1, **opts))
+                                     padding=ls.padding, chw_input=main is None and shape[0] > 1, **opts))
             elif ls.kind in ("maxpool", "avgpool"):
                 from .conv import Pool
                 pool = Pool(ls.kind[:3], ls.size, ls.stride)
-                (layers[-1].add_head if ls.pre_activation else layers[-1].add_tail)(pool)
+                (main.add_head if ls.pre_activation else main.add_tail)(pool)
             elif ls.kind == "dropout":
                 from .conv import Dropout
-                layers[-1].add_tail(Dropout(ls.p, np.random.default_rng(rng.integers(2 ** 63))))
+                main.add_tail(Dropout(ls.p, np.random.default_rng(rng.integers(2 ** 63))))
+            elif ls.kind == "add":
+                from .conv import Residual
+                main.add_tail(Residual(sources[i], ls.activation))
+            if ls.kind in CROSSBAR_KINDS:
+                layers[-1].branch = ls.branch
+                if not ls.branch:
+                    main = layers[-1]
         ol = self.output_layer
         n_last = n_in if shapes[-1] is None else math.prod(shapes[-1])
         layers.append(Dense(n_last, n_classes, "identity", rng=rng, bias=ol.bias, weights=ol.weights,
@@ -921,11 +1136,14 @@ def _layer_spec(t: dict[str, Any], i: int, defaults: dict[str, Any], file) -> La
         raise ConfigError(f"{where_text(file, prefix + 'kind')} = 'conv' takes filters = N (output channels), "
                           "not units (the width of kind 'dense')")
     v = validate_fields(LAYER_FIELDS[kind], t, file=file, prefix=prefix)
+    if kind == "add":
+        return LayerSpec(kind, activation=defaults["activation"] if v["activation"] is None else v["activation"],
+                         source=v["from"])
     if kind not in CROSSBAR_KINDS:
         return LayerSpec(kind, size=v.get("size"), stride=v.get("stride"), p=v.get("p"),
                          pre_activation=v.get("pre_activation", False))
     filled = {k: defaults[k] if v[k] is None else v[k] for k in defaults}
     if kind == "dense":
-        return LayerSpec(kind, v["units"], bits=v["bits"], **filled)
+        return LayerSpec(kind, v["units"], bits=v["bits"], branch=v["branch"], **filled)
     return LayerSpec(kind, v["filters"], kernel=v["kernel"], stride=v["stride"], padding=v["padding"],
-                     in_channels=v["in_channels"], bits=v["bits"], **filled)
+                     in_channels=v["in_channels"], bits=v["bits"], branch=v["branch"], **filled)

@@ -924,7 +924,7 @@ def add_cli(subparsers) -> None:
     from .cli import _add_config_options
     from .train.loop import FIELDS as TRAIN_FIELDS
     c = subparsers.add_parser("prune", help="train, prune against the crossbar, retrain; report hardware saved")
-    _add_config_options(c, TRAIN_FIELDS)
+    _add_config_options(c, tuple(f for f in TRAIN_FIELDS if f.name != "init"))   # prune's own --init
     _add_config_options(c, FIELDS)
     c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -942,7 +942,8 @@ def cmd_prune(args) -> int:
     if getattr(args, "out", None) is not None:
         from .paths import check_output_path
         check_output_path(args.out, "--out")      # before any work
-    tcfg = TrainConfig.from_dict(_config_from_args(args, TRAIN_FIELDS), file="command line").resolve()
+    tcfg = TrainConfig.from_dict(_config_from_args(args, tuple(f for f in TRAIN_FIELDS if f.name != "init")),
+                                 file="command line").resolve()
     pcfg = PruneConfig.from_dict(_config_from_args(args, FIELDS), file="command line").resolve()
     quiet = args.json or args.quiet
 

@@ -63,7 +63,7 @@ NOT_IDENTITY = ("data_dir",)
 # Fields added after stores existed: left out of a run's identity while at their default, so runs
 # stored before they existed keep their keys (and are not run again).
 NEUTRAL_DEFAULTS = {"ir_drop": "none", "r_wire_ohm": 0.0, "v_read": 0.2, "ir_drop_train": True,
-                    "adc_offset_lsb": 0.0, "adc_gain_rel": 0.0, "adc_inl_lsb": 0.0}
+                    "adc_offset_lsb": 0.0, "adc_gain_rel": 0.0, "adc_inl_lsb": 0.0, "init": None}
 # Checksummed object headers (superblock v3, object header v2) need HDF5 >= 1.10 to read.
 LIBVER = ("v110", "latest")
 _KEY = re.compile(r"[0-9a-f]{16}")

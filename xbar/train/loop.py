@@ -77,6 +77,8 @@ FIELDS: tuple[Field, ...] = (
     Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (Ω).",
           lo=0.0, hi=1e6),
     Field("v_read", "float", 0.2, "Read voltage of a full-scale input (V).", lo=0.0, lo_open=True, hi=10.0),
+    Field("init", "str", None, "Start from a saved run (.h5): weights, biases, masks, batch norms "
+          "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
           "wires and only evaluate through them (false: inference-only IR drop)."),
     Field("recipe", "str", None, "'seed': the seed study's settings for every field left unset.",
@@ -247,6 +249,7 @@ class TrainConfig:
     r_wire_ohm: float = 0.0
     v_read: float = 0.2
     ir_drop_train: bool = True
+    init: str | None = None
     recipe: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -457,13 +460,8 @@ class Trainer:
 
     def calibrate(self, x: np.ndarray) -> None:
         """Recalibrate every crossbar's forward ADC range on batch x (layer by layer, each on its
-        own input). A no-op without ADCs."""
-        for layer in self.net.layers:
-            if layer.crossbar is None or layer.crossbar.adc_bits is None:
-                return
-            # on the layer's own crossbar inputs (a convolution's im2col rows), inference mode
-            # (no dropout, running batch-norm statistics left alone)
-            x = layer.calibrate(x)
+        own input, following skip connections). A no-op without ADCs."""
+        self.net.calibrate(x)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One step on batch (x, y); returns the batch loss before the step."""
@@ -538,6 +536,9 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
     start = time.perf_counter()
     Xtr, ytr, Xte, yte = load_data(cfg, data)
     tr = Trainer(cfg, Xtr.shape[1], xdata.num_classes(cfg.dataset))
+    if cfg.init:
+        from ..interop.commands import init_trainer
+        init_trainer(tr, cfg.init)
     net = tr.net
 
     # A diverging run overflows on purpose; it is detected and reported, not warned about.
