@@ -22,6 +22,33 @@ ADC_RANGES = ("calibrated", "physical")
 BIAS_MODES = ("digital", "row")
 IR_DROP_MODES = ("none", "exact", "fast")
 
+# ADC errors and wires: also train/sweep options (xbar.train.loop takes these Field specs as they are).
+PERIPHERY_FIELDS: tuple[Field, ...] = (
+    Field("adc_offset_lsb", "float", 0.0, "Std of each ADC's offset, in LSB (drawn per ADC from the seed).",
+          lo=0.0, hi=1e3),
+    Field("adc_gain_rel", "float", 0.0, "Std of each ADC's relative gain error.", lo=0.0, hi=0.5),
+    Field("adc_inl_lsb", "float", 0.0, "Peak integral nonlinearity of the ADCs, in LSB (each ADC's bow "
+          "drawn in [-1, 1] times this).", lo=0.0, hi=1e3),
+    Field("ir_drop", "str", "none", "Wire resistance: none, exact (nodal analysis per tile) or fast "
+          "(first-order, see xbar.tile.irdrop).", choices=IR_DROP_MODES),
+    Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (rows and "
+          "columns).", lo=0.0, hi=1e6, unit="Ω"),
+    Field("v_read", "float", 0.2, "Read voltage of a full-scale input (for voltage-dependent device "
+          "models).", lo=0.0, lo_open=True, hi=10.0, unit="V"),
+)
+
+
+def check_periphery(v) -> None:
+    """Checks across the periphery options (`v`: a mapping with adc_bits and the PERIPHERY_FIELDS)."""
+    errs = [k for k in ("adc_offset_lsb", "adc_gain_rel", "adc_inl_lsb") if v[k]]
+    if errs and v["adc_bits"] is None:
+        raise ConfigError(f"{errs[0]} = {v[errs[0]]!r} describes the ADC, but adc_bits is not set (ideal "
+                          "ADC); set adc_bits, e.g. 8")
+    if v["ir_drop"] != "none" and not v["r_wire_ohm"] > 0:
+        raise ConfigError(f"ir_drop = {v['ir_drop']!r} needs r_wire_ohm > 0 (the resistance of one wire "
+                          "segment, e.g. 1.0 Ω); set r_wire_ohm or ir_drop = 'none'")
+
+
 # Simple fields go through the Field engine; tile, w_range, seed and the str-or-number ranges are
 # checked by hand below (tuples and open choices the engine does not express).
 FIELDS: tuple[Field, ...] = (
@@ -40,17 +67,7 @@ FIELDS: tuple[Field, ...] = (
           lo=0.0, lo_open=True, hi=100.0),
     Field("bias", "str", "digital", "Bias added after the ADC, or an extra row driven at 1.", choices=BIAS_MODES),
     Field("read_noise", "bool", True, "Read with the device's read noise."),
-    Field("adc_offset_lsb", "float", 0.0, "Std of each ADC's offset, in LSB (drawn per ADC from the seed).",
-          lo=0.0, hi=1e3),
-    Field("adc_gain_rel", "float", 0.0, "Std of each ADC's relative gain error.", lo=0.0, hi=0.5),
-    Field("adc_inl_lsb", "float", 0.0, "Peak integral nonlinearity of the ADCs, in LSB (each ADC's bow "
-          "drawn in [-1, 1] times this).", lo=0.0, hi=1e3),
-    Field("ir_drop", "str", "none", "Wire resistance: none, exact (nodal analysis per tile) or fast "
-          "(first-order, see xbar.tile.irdrop).", choices=IR_DROP_MODES),
-    Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (rows and "
-          "columns).", lo=0.0, hi=1e6, unit="Ω"),
-    Field("v_read", "float", 0.2, "Read voltage of a full-scale input (for voltage-dependent device "
-          "models).", lo=0.0, lo_open=True, hi=10.0, unit="V"),
+    *PERIPHERY_FIELDS,
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 _STRICT_INTS = ("adc_bits", "dac_bits", "quant_bits", "slices")
@@ -118,13 +135,7 @@ class Settings:
             if quant == "symm" and quant_bits < 2:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits
-        errs = [k for k in ("adc_offset_lsb", "adc_gain_rel", "adc_inl_lsb") if out[k]]
-        if errs and out["adc_bits"] is None:
-            raise ConfigError(f"{errs[0]} = {out[errs[0]]!r} describes the ADC, but adc_bits is not set (ideal "
-                              "ADC); set adc_bits, e.g. 8")
-        if out["ir_drop"] != "none" and not out["r_wire_ohm"] > 0:
-            raise ConfigError(f"ir_drop = {out['ir_drop']!r} needs r_wire_ohm > 0 (the resistance of one wire "
-                              "segment, e.g. 1.0 Ω); set r_wire_ohm or ir_drop = 'none'")
+        check_periphery(out)
         return cls(**out)
 
     def as_dict(self) -> dict[str, Any]:

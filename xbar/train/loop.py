@@ -24,6 +24,7 @@ from ..config import Field, suggest, validate_fields
 from ..device import Device
 from ..errors import ConfigError, ShapeError
 from ..nn import Network, NetworkSpec, loss_and_error
+from ..tile.settings import PERIPHERY_FIELDS, check_periphery
 from .optim import DEFAULT_LR, OPTIMIZERS, StepLR, make_optimizer
 from .rules import RULES, make_rule
 from .updates import QUANTS, RANGES, UPDATES, DeviceSetup, check_insitu, make_update
@@ -68,15 +69,7 @@ FIELDS: tuple[Field, ...] = (
     Field("adc_bits", "int", None, "ADC resolution per tile output (omit: ideal).", lo=2, hi=16,
           optional=True),
     Field("dac_bits", "int", None, "Input DAC resolution (omit: analog inputs).", lo=2, hi=16, optional=True),
-    Field("adc_offset_lsb", "float", 0.0, "Std of each ADC's offset, in LSB (needs adc_bits).", lo=0.0, hi=1e3),
-    Field("adc_gain_rel", "float", 0.0, "Std of each ADC's relative gain error (needs adc_bits).", lo=0.0, hi=0.5),
-    Field("adc_inl_lsb", "float", 0.0, "Peak integral nonlinearity of the ADCs, in LSB (needs adc_bits).",
-          lo=0.0, hi=1e3),
-    Field("ir_drop", "str", "none", "Wire resistance in every tile: 'none', 'exact' (nodal analysis) or "
-          "'fast' (first-order); see xbar.tile.irdrop.", choices=("none", "exact", "fast")),
-    Field("r_wire_ohm", "float", 0.0, "Resistance of one wire segment between adjacent cells (Ω).",
-          lo=0.0, hi=1e6),
-    Field("v_read", "float", 0.2, "Read voltage of a full-scale input (V).", lo=0.0, lo_open=True, hi=10.0),
+    *PERIPHERY_FIELDS,   # ADC errors and wires, as the crossbar declares them
     Field("init", "str", None, "Start from a saved run (.h5): weights, biases, masks, batch norms "
           "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
@@ -328,13 +321,7 @@ class TrainConfig:
             setup.steps()   # analog or non-uniform devices cannot be rounded onto
         elif out.update in ("mixed", "pulse"):
             check_insitu(out.update, setup)   # fixed range, pulse device / device step
-        errs = [k for k in ("adc_offset_lsb", "adc_gain_rel", "adc_inl_lsb") if getattr(out, k)]
-        if errs and out.adc_bits is None:
-            raise ConfigError(f"{errs[0]} = {getattr(out, errs[0])!r} describes the ADC, but adc_bits is not set "
-                              "(ideal ADC); set adc_bits, e.g. 8")
-        if out.ir_drop != "none" and not out.r_wire_ohm > 0:
-            raise ConfigError(f"ir_drop = {out.ir_drop!r} needs r_wire_ohm > 0 (the resistance of one wire "
-                              "segment, e.g. 1.0); set r_wire_ohm or ir_drop = 'none'")
+        check_periphery(out.as_dict())
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
         if out.rule == "hsic" and out.batch_size < 2:
