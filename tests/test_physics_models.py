@@ -439,6 +439,8 @@ def test_models_do_not_change_their_inputs():
                 out = m.write(g, 0.0, 16.0, 16.0, rng)
             elif kind == "read_noise":
                 out = m.variance(g, 3600.0, 16.0, g_prog=g)
+            elif kind == "read_iv":
+                out = m.coefficients(g)[1]
             else:
                 nu = m.draw_nu(g, rng)
                 out = g if nu is None else m.apply(g, nu, 3600.0)

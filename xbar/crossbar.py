@@ -85,9 +85,11 @@ class Crossbar:
                                           dac_bits=dac_bits, seed=seed, **options)
         self.device = device
         s = self.settings
-        self._analog_io = s.adc_bits is None and s.dac_bits is None
         self.planner = Planner(device, s)
         self.physics = DeviceArray(device, s.mapping == "differential", s.seed)
+        # Ohmic cells without DAC or ADC: scaling the inputs would cancel out exactly, so skip it.
+        # A nonlinear I–V curve needs the inputs as voltages up to v_read.
+        self._analog_io = s.adc_bits is None and s.dac_bits is None and self.physics.read_iv.linear
         self._stats = {"programs": 0, "mvm_calls": 0, "mvm_t_calls": 0, "adc_conversions": 0,
                        "adc_clipped": 0, "dac_conversions": 0, "dac_clipped": 0, "weights_clipped": 0}
         self.read = ReadPath(s, device.window_us, self._stats, stream=s.seed)
@@ -192,7 +194,9 @@ class Crossbar:
                                          enabled=self.settings.read_noise)
         if self.ir_drop != "none":
             gd = self._ir_dropped()
-        self.read.install(st.gp - st.gn if gd is None else gd, var, st.sig, self._alpha_eff)
+        nl = self.physics.iv_terms([st.gp, st.gn][:1 + pair], self.settings.v_read, pair)
+        self.read.install(st.gp - st.gn if gd is None else gd, var, st.sig, self._alpha_eff, nl=nl,
+                          even=getattr(self.physics.read_iv, "even_term", "odd"))
 
     def _ir_dropped(self) -> np.ndarray:
         """G+ - G- as the reads see them through the wires (G- is a digital reference for offset)."""
@@ -389,9 +393,12 @@ class Crossbar:
                 var1 = self.physics.read_variance([gp, gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], seconds,
                                                   enabled=self.settings.read_noise)
                 cal = int(krng.stream_key(np.uint64(new.read.stream), np.uint64(2 ** 61))) >> 1
+                ph, v_read = self.physics, self.settings.v_read
+                even = getattr(ph.read_iv, "even_term", "odd")
                 before = summed_column_read(self.settings, self.device.window_us, st.gp0 - st.gn0, var0, st.sig,
-                                            cal, 1)
-                after = summed_column_read(self.settings, self.device.window_us, gp - gn, var1, st.sig, cal, 2)
+                                            cal, 1, ph.iv_terms([st.gp0, st.gn0][:1 + pair], v_read, pair), even)
+                after = summed_column_read(self.settings, self.device.window_us, gp - gn, var1, st.sig, cal, 2,
+                                           ph.iv_terms([gp, gn][:1 + pair], v_read, pair), even)
             else:
                 before = np.abs(np.einsum("p,pio->o", st.sig, st.gp0 - st.gn0)).sum()
                 after = np.abs(np.einsum("p,pio->o", st.sig, gp - gn)).sum()

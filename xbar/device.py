@@ -4,7 +4,7 @@ A :class:`Device` is pure data (a frozen dataclass validated from TOML or keywor
 its window and which model describes each effect. The flat fields (``program_noise_rel``,
 ``read_noise_rel``, ``drift_nu_*``) are the constant models; a TOML table ``[program_noise]``,
 ``[read_noise]`` or ``[drift]`` with ``model = "<name>"`` picks a state- or time-dependent model from
-:mod:`xbar.physics` instead. The NeuroSim pulse response (`pulse_response`, `pulse_number`) lives
+:mod:`xbar.physics` instead, and ``[read_iv]`` a nonlinear read I–V curve (default: ohmic). The NeuroSim pulse response (`pulse_response`, `pulse_number`) lives
 here too. Conductances are in microsiemens (µS).
 """
 
@@ -64,7 +64,7 @@ FIELDS: tuple[Field, ...] = (
     Field("c2c_rel", "float", 0.0, "Cycle-to-cycle std per pulse, relative to the window.", lo=0.0, hi=1.0),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
-MODEL_KINDS = ("program_noise", "read_noise", "drift")
+MODEL_KINDS = ("program_noise", "read_noise", "drift", "read_iv")
 
 
 def _model_tables(tables: dict[str, Any], file: str | None) -> dict[str, dict]:
@@ -114,6 +114,7 @@ class Device:
     program_noise: dict | None = dataclasses.field(default=None, hash=False)
     read_noise: dict | None = dataclasses.field(default=None, hash=False)
     drift: dict | None = dataclasses.field(default=None, hash=False)
+    read_iv: dict | None = dataclasses.field(default=None, hash=False)
     file: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     # ---- construction -------------------------------------------------------------------------
@@ -180,7 +181,7 @@ class Device:
         return out
 
     def models(self) -> tuple:
-        """(program noise, read noise, drift) model objects of :mod:`xbar.physics`.
+        """(program noise, read noise, drift, read I–V) model objects of :mod:`xbar.physics`.
 
         A model table from the TOML wins; otherwise the constant models built from the flat fields.
         """
@@ -189,7 +190,8 @@ class Device:
         flat = {"program_noise": {"model": "constant", "rel": self.program_noise_rel},
                 "read_noise": {"model": "constant", "rel": self.read_noise_rel, "kind": self.read_noise_kind},
                 "drift": {"model": "constant", "nu_mean": self.drift_nu_mean, "nu_std": self.drift_nu_std,
-                          "t0_s": self.drift_t0_s}}
+                          "t0_s": self.drift_t0_s},
+                "read_iv": {"model": "constant"}}
         return tuple(get_model(k, getattr(self, k) or flat[k], file=file) for k in MODEL_KINDS)
 
     def _check_consistency(self, file: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """Device-effect models: the small objects a crossbar calls to write, read and drift its devices.
 
-A model is one effect (programming noise, read noise or drift) as a few functions of the
+A model is one effect (programming noise, read noise, drift or the read I–V curve) as a few functions of the
 conductance G (µS) and the time t (s) since programming, with its parameters declared once as
 :class:`~xbar.config.Field` specs (so TOML, errors and `xbar devices show` all come from them) and
 a citation. Models register themselves by kind and name; a device TOML picks one per kind:
@@ -16,6 +16,7 @@ the arrays it is given.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,9 +24,10 @@ import numpy as np
 from ..config import Field, suggest, validate_fields, where_text
 from ..errors import ConfigError
 
-KINDS = ("program_noise", "read_noise", "drift")
+KINDS = ("program_noise", "read_noise", "drift", "read_iv")
 # Class attributes a parameter may not shadow (ConstantReadNoise has a parameter `kind`).
-_RESERVED = frozenset({"kind", "name", "source", "FIELDS", "params", "state_dependent", "needs_g_prog"})
+_RESERVED = frozenset({"kind", "name", "source", "FIELDS", "params", "state_dependent", "needs_g_prog", "linear",
+                       "has_even", "has_cubic"})
 # kind -> model name -> class; filled by @register as the model modules are imported.
 REGISTRY: dict[str, dict[str, type[Model]]] = {k: {} for k in KINDS}
 
@@ -138,6 +140,38 @@ class Drift(Model):
 
     def apply(self, g_prog: np.ndarray, nu: np.ndarray, t_s: float) -> np.ndarray:
         """Conductance `t_s` seconds after programming of devices programmed to `g_prog` (µS)."""
+        raise NotImplementedError
+
+
+class ReadIV(Model):
+    """The cell's current-voltage curve during a read: I = G V + NL2(G) V|V| + NL3(G) V^3.
+
+    The linear (ohmic) cell is the "constant" model. A nonlinear model gives, per device, the
+    coefficients of the V² and V³ terms; the read path applies the input as a voltage
+    V = x v_read (x in [-1, 1] after the DAC) and senses the currents. `v_max_v` is the largest
+    read voltage the fit is validated for: a crossbar refuses a larger v_read.
+    """
+
+    kind: ClassVar[str] = "read_iv"
+    v_max_v: float = math.inf
+
+    @property
+    def has_even(self) -> bool:
+        """True when the V² term can be nonzero."""
+        return False
+
+    @property
+    def has_cubic(self) -> bool:
+        """True when the V³ term can be nonzero."""
+        return False
+
+    @property
+    def linear(self) -> bool:
+        """True when the model adds nothing to the ohmic current."""
+        return not (self.has_even or self.has_cubic)
+
+    def coefficients(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(NL2 in µS/V, NL3 in µS/V²) of devices holding `g` (µS), arrays of g's shape."""
         raise NotImplementedError
 
 

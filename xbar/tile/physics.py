@@ -21,7 +21,7 @@ class DeviceArray:
     def __init__(self, device: Device, pair: bool, seed: int):
         self.device = device
         self.n_dev = 2 if pair else 1
-        self.program_noise, self.read_noise, self.drift_model = device.models()
+        self.program_noise, self.read_noise, self.drift_model, self.read_iv = device.models()
         self.rng = np.random.default_rng(seed)
         self.persist: dict[str, np.ndarray | None] | None = None
         d = device
@@ -160,6 +160,27 @@ class DeviceArray:
             v = rn.variance(gk, t_s, w, g_prog=g0k)
             var = v if var is None else var + v
         return np.broadcast_to(var, g[0].shape).copy() if np.ndim(var) < g[0].ndim else var
+
+
+    def iv_terms(self, g: list[np.ndarray], v_read: float, pair: bool):
+        """Per-device read-nonlinearity weights (K2, K3) in µS, (P, rows, out), or None when ohmic.
+
+        A term the model does not have (all its coefficients zero) is None.
+
+        With inputs x in [-1, 1] applied as V = x v_read, a cell's current divided by v_read is
+        G x + K2 e(x) + K3 x³ with K2 = NL2(G) v_read, K3 = NL3(G) v_read² and e(x) = x|x| (odd
+        cell) or x² (as fitted); a differential pair reads the difference of its two devices.
+        Only the physical devices count: the offset mapping's reference column is digital.
+        """
+        iv = self.read_iv
+        if iv.linear:
+            return None
+        k2, k3 = iv.coefficients(g[0])
+        if pair:
+            n2, n3 = iv.coefficients(g[1])
+            k2, k3 = k2 - n2, k3 - n3
+        # A term whose coefficients are all zero costs no product (None).
+        return (k2 * v_read if iv.has_even else None), (k3 * v_read ** 2 if iv.has_cubic else None)
 
 
 def is_active(model) -> bool:

@@ -6,7 +6,8 @@ and the digital column gain. Its stages are public so tests and ``bench/profile_
 them instead of copying them:
 
 - :meth:`dac` — input scaling and DAC quantization;
-- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile);
+- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile, three
+  with a nonlinear read I–V curve);
 - :meth:`adc_params` — per-tile ADC steps, code bounds and gains (calibrating on first use);
 - :meth:`periphery` — the fused kernel: read noise, ADC and partial-sum add;
 - :meth:`read` — all of the above for inputs already through the DAC.
@@ -43,9 +44,16 @@ class ReadPath:
         self.adc_fs: dict[str, np.ndarray | None] = {"fwd": None, "bwd": None}
         self.cache: dict[str, Any] = {}
 
-    def install(self, gd: np.ndarray, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray) -> None:
-        """Conductances to read from; the kernel-ready arrays derived from them are built on first use."""
+    def install(self, gd: np.ndarray, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray,
+                nl: tuple[np.ndarray, np.ndarray] | None = None, even: str = "odd") -> None:
+        """Conductances to read from; the kernel-ready arrays derived from them are built on first use.
+
+        nl: the read nonlinearity's (K2, K3) per device pair in µS (DeviceArray.iv_terms), or None
+        for ohmic cells: a tile's current is then x @ G + e(x) @ K2 + x³ @ K3, e(x) = x|x| ("odd")
+        or x² ("as-fitted"), on inputs x in [-1, 1] (the DAC's output, V = x v_read).
+        """
         self.gd, self.var, self.sig, self.alpha_eff = gd, var, sig, alpha_eff
+        self.nl, self.even = nl, even
         _, rows, out = gd.shape
         R, C = self.s.tile
         self.nrt, self.nct = -(-rows // R), -(-out // C)
@@ -84,30 +92,52 @@ class ReadPath:
     def v_bwd32(self) -> np.ndarray:
         return self.cached("v_bwd32", lambda: np.ascontiguousarray(self.vsum().T, dtype=np.float32))
 
+    def nl_weights(self, way: str) -> tuple[np.ndarray, np.ndarray]:
+        """The nonlinear terms' (K2, K3) summed over planes like w_fwd32 / g32.T, float32."""
+        def build():
+            out = []
+            for k in self.nl:
+                if k is None:
+                    out.append(None)
+                    continue
+                ks = np.einsum("p,pio->io", self.sig, k) if k.shape[0] > 1 else k[0]
+                out.append(np.ascontiguousarray(ks * self.alpha_eff[None, :], dtype=np.float32) if way == "fwd"
+                           else np.ascontiguousarray(ks.T, dtype=np.float32))
+            return tuple(out)
+        return self.cached(f"nl-{way}", build)
+
+    def nl_inputs(self, xs: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(e(x), x³) of the DAC's outputs: what the V² and V³ terms of the cells see (None: no term)."""
+        k2, k3 = self.nl
+        x2 = xs * xs
+        even = None if k2 is None else (xs * np.abs(xs) if self.even == "odd" else x2)
+        return even, (None if k3 is None else x2 * xs)
+
+    def _stack_fwd(self, a: np.ndarray) -> np.ndarray:
+        P, rows, out = a.shape
+        R = self.s.tile[0]
+        return np.pad(a, ((0, 0), (0, self.nrt * R - rows), (0, 0))).astype(np.float32).reshape(P, self.nrt, R, out)
+
+    def _stack_bwd(self, a: np.ndarray) -> np.ndarray:
+        P, rows, out = a.shape
+        C = self.s.tile[1]
+        a = np.pad(a, ((0, 0), (0, 0), (0, self.nct * C - out))).astype(np.float32)
+        return np.ascontiguousarray(a.reshape(P, rows, self.nct, C).transpose(0, 2, 3, 1))
+
     def fwd_stacks(self):
         """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance."""
-        def build():
-            P, rows, out = self.gd.shape
-            R = self.s.tile[0]
-            pad = self.nrt * R - rows
-
-            def stack(a):
-                return np.pad(a, ((0, 0), (0, pad), (0, 0))).astype(np.float32).reshape(P, self.nrt, R, out)
-            return stack(self.gd), None if self.var is None else stack(self.var)
-        return self.cached("fwd", build)
+        return self.cached("fwd", lambda: (self._stack_fwd(self.gd),
+                                           None if self.var is None else self._stack_fwd(self.var)))
 
     def bwd_stacks(self):
         """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t."""
-        def build():
-            C = self.s.tile[1]
-            P, rows, out = self.gd.shape
-            pad = self.nct * C - out
+        return self.cached("bwd", lambda: (self._stack_bwd(self.gd),
+                                           None if self.var is None else self._stack_bwd(self.var)))
 
-            def stack(a):
-                a = np.pad(a, ((0, 0), (0, 0), (0, pad))).astype(np.float32)
-                return np.ascontiguousarray(a.reshape(P, rows, self.nct, C).transpose(0, 2, 3, 1))
-            return stack(self.gd), None if self.var is None else stack(self.var)
-        return self.cached("bwd", build)
+    def nl_stacks(self, way: str):
+        """Per-tile stacks of the nonlinear terms' (K2, K3), laid out like fwd_stacks / bwd_stacks."""
+        stack = self._stack_fwd if way == "fwd" else self._stack_bwd
+        return self.cached(f"nl-stacks-{way}", lambda: tuple(None if k is None else stack(k) for k in self.nl))
 
     # ---- stages --------------------------------------------------------------------------------
     def dac(self, X: np.ndarray):
@@ -138,6 +168,10 @@ class ReadPath:
             # No ADC: tiles do not change the math, so one BLAS product (and one for the variance).
             g = self.w_fwd32 if way == "fwd" else self.g32.T   # BLAS reads the transpose in place
             y = xs @ g
+            if self.nl is not None:
+                for x_k, k in zip(self.nl_inputs(xs), self.nl_weights(way)):
+                    if k is not None:
+                        y += x_k @ k
             if self.var is not None:
                 v = self.v_fwd32 if way == "fwd" else self.v_bwd32
                 sd = np.sqrt((xs * xs) @ v)
@@ -199,10 +233,17 @@ class ReadPath:
         # batch 256) the padded copy was 2.5x the input and cost more than the products.
         n_in = xs.shape[1]
         x2 = None if v is None else xs * xs
+        if self.nl is not None:   # the cells' V² and V³ currents, per tile like the ohmic one
+            nl = [(x_k, k) for x_k, k in zip(self.nl_inputs(xs), self.nl_stacks(way)) if k is not None]
+            tmp = self.cached(f"nl-buf-{way}-{B}", lambda: np.empty((B, n_out), np.float32))
         for p in range(P):
             for t in range(n_t):
                 lo, hi = t * size, min((t + 1) * size, n_in)
                 np.matmul(xs[:, lo:hi], g[p, t, :hi - lo], out=bufs[0][p, t])
+                if self.nl is not None:
+                    for x_k, k in nl:
+                        np.matmul(x_k[:, lo:hi], k[p, t, :hi - lo], out=tmp)
+                        bufs[0][p, t] += tmp
                 if v is not None:
                     np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1][p, t])
         M = bufs[0].reshape(P * n_t, B, -1)
@@ -254,7 +295,7 @@ class ReadPath:
 
 
 def summed_column_read(settings: Settings, window_us: float, gd: np.ndarray, var: np.ndarray | None,
-                       sig: np.ndarray, stream: int, reads: int) -> float:
+                       sig: np.ndarray, stream: int, reads: int, nl=None, even: str = "odd") -> float:
     """Sum of |outputs| of in-memory reads of one-hot inputs (every row alone), before the digital gain.
 
     What a chip can measure for global drift compensation (aihwkit's GlobalDriftCompensation reads
@@ -264,5 +305,5 @@ def summed_column_read(settings: Settings, window_us: float, gd: np.ndarray, var
     from collections import defaultdict
     rp = ReadPath(settings, window_us, defaultdict(int), stream)
     rp.reads = reads
-    rp.install(gd, var, sig, np.ones(gd.shape[2]))
+    rp.install(gd, var, sig, np.ones(gd.shape[2]), nl=nl, even=even)
     return float(np.abs(rp.read(np.eye(gd.shape[1], dtype=np.float32), "fwd")).sum())

@@ -49,6 +49,19 @@ def check_periphery(v) -> None:
                           "segment, e.g. 1.0 Ω); set r_wire_ohm or ir_drop = 'none'")
 
 
+def check_v_read(device, v_read: float) -> None:
+    """Refuse a read voltage beyond what the device's read I–V model is validated for."""
+    if device.read_iv is None:
+        return
+    from ..physics import get_model
+    iv = get_model("read_iv", device.read_iv, file=device.file)
+    if not iv.linear and v_read > iv.v_max_v:
+        where = device.file or "the device"
+        raise ConfigError(f"v_read = {v_read:g} V is outside the validated range of the read I–V model of "
+                          f"device {device.name!r}: (0, {iv.v_max_v:g}] V (read_iv.v_max_v in {where}); "
+                          "lower v_read or give a fit validated that far")
+
+
 # Simple fields go through the Field engine; tile, w_range, seed and the str-or-number ranges are
 # checked by hand below (tuples and open choices the engine does not express).
 FIELDS: tuple[Field, ...] = (
@@ -136,6 +149,7 @@ class Settings:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits
         check_periphery(out)
+        check_v_read(device, out["v_read"])
         return cls(**out)
 
     def as_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..config import Field, suggest, validate_fields
 from ..device import Device
 from ..errors import ConfigError, ShapeError
 from ..nn import Network, NetworkSpec, loss_and_error
-from ..tile.settings import PERIPHERY_FIELDS, check_periphery
+from ..tile.settings import PERIPHERY_FIELDS, check_periphery, check_v_read
 from .optim import DEFAULT_LR, OPTIMIZERS, StepLR, make_optimizer
 from .rules import RULES, make_rule
 from .updates import QUANTS, RANGES, UPDATES, DeviceSetup, check_insitu, make_update
@@ -322,6 +322,7 @@ class TrainConfig:
         elif out.update in ("mixed", "pulse"):
             check_insitu(out.update, setup)   # fixed range, pulse device / device step
         check_periphery(out.as_dict())
+        check_v_read(dev, out.v_read)
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
         if out.rule == "hsic" and out.batch_size < 2:
