@@ -22,7 +22,7 @@ def compiled_kernels():
     noisy = Device.preset("ideal").with_(bits=3, read_noise_rel=0.02)
     Crossbar(noisy, tile=(4, 2), adc_bits=8).program(W).calibrate(X).mvm(X)
     Crossbar(noisy, tile=(4, 2)).program(W).mvm(X)
-    # Large enough for the parallel variants (xbar.crossbar._PARALLEL_MIN tile outputs).
+    # Large enough for the parallel variants (xbar.kernels.PARALLEL_MIN tile outputs).
     W = rng.uniform(-1, 1, (256, 512)).astype(np.float32)
     X = rng.standard_normal((64, 256)).astype(np.float32)
     Crossbar(noisy, tile=(64, 64), adc_bits=8).program(W).calibrate(X).mvm(X)

@@ -19,7 +19,6 @@ What happens in `mvm`:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -29,15 +28,15 @@ from .device import Device
 from .errors import ConfigError, ShapeError
 from .kernels import rng as krng
 from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
+from .tile.drift import drifted_copy
 from .tile.physics import DeviceArray, is_active
 from .tile.planner import Planner
-from .tile.read import PARALLEL_MIN, ReadPath, summed_column_read
+from .tile.read import ReadPath
 from .tile.settings import NAMES as SETTING_NAMES
 from .tile.settings import Settings
 from .tile.state import ArrayState, hardware_counts, pack, unpack_header
 
 __all__ = ["Crossbar", "as_matrix", "raise_nonfinite"]
-_PARALLEL_MIN = PARALLEL_MIN   # kept for code that imported it from here
 
 
 class Crossbar:
@@ -51,27 +50,15 @@ class Crossbar:
     adc_bits: ADC resolution per tile output (2-16), None = ideal.
     dac_bits: input DAC resolution (2-16), None = analog inputs.
     seed: seeds every random draw (faults, spread, write and read noise): same seed, same bits.
-    range: "global" (fixed `w_range` for every tensor, the seed study's default) or "local"
-        (recomputed from the weights at every programming).
     w_range: (lo, hi) weight range of the global grid.
-    quant: None (nearest device level), "asymm" or "symm" (the seed study's quantizers).
-    quant_bits: quantizer bits; default the device's bits (times `slices`).
-    gain: "layer" or "column": granularity of the digital gain alpha under a local range.
-    slices: devices per weight (bit slicing); each holds `bits` of the code.
     adc_range: "calibrated" (percentile of a calibration batch, per tile), "physical"
         (largest possible tile current) or a number (fixed full scale, in µS x input units).
-    adc_percentile: percentile of |current| used by calibration (100 = max).
     dac_range: "dynamic" (each input row scaled by its abs max) or a number r (fixed [-r, r]).
-    bias: "digital" (added after the ADC) or "row" (an extra array row driven at input 1).
-    read_noise: set False to read without read noise (e.g. for evaluation of programmed state).
-    ir_drop: "none", "exact" or "fast": the voltage lost along the row and column wires of each
-        tile (geometry and accuracy in :mod:`xbar.tile.irdrop`), with r_wire_ohm per segment.
-        Reads (mvm and mvm_t) see the array's effective conductances, computed once per
-        programming; weights() and conductances() stay the devices' own state.
-    v_read: read voltage of a full-scale input (V).
-    adc_offset_lsb, adc_gain_rel, adc_inl_lsb: per-ADC offset (std, LSB), gain error (std,
-        relative) and peak integral nonlinearity (LSB), drawn once per ADC from the seed
-        (:mod:`xbar.tile.adc`); they need adc_bits.
+    Every other option (range, quant, quant_bits, gain, slices, adc_percentile, bias, read_noise,
+    ir_drop, r_wire_ohm, v_read, adc_offset_lsb, adc_gain_rel, adc_inl_lsb) is a Field of
+    :mod:`xbar.tile.settings` with its doc and valid range. With ir_drop, reads (mvm and mvm_t) see
+    the tiles' effective conductances (:mod:`xbar.tile.irdrop`), computed once per programming;
+    weights() and conductances() stay the devices' own state.
 
     The parts behind it (``xbar.tile``): ``settings`` (the validated options), ``physics`` (the
     devices), ``state`` (what the array holds) and ``read`` (the read path's public stages).
@@ -292,20 +279,10 @@ class Crossbar:
                               "pulse response (pulse_levels, nonlinearity_ltp/ltd, c2c_rel)")
         if self.slices != 1 or st.t_s is not None:
             raise ConfigError("pulse updates need slices = 1 and the as-programmed state (not a drifted copy)")
-        rows = st.shape[0]
-        counts = [as_matrix("n_pos", n_pos, cols=st.shape[1])]
-        if self.mapping == "differential":
-            counts.append(as_matrix("n_neg", np.zeros_like(counts[0]) if n_neg is None else n_neg,
-                                    cols=st.shape[1]))
-        for c in counts:
-            if c.shape[0] != rows:
-                raise ShapeError(f"pulse counts: expected shape {st.shape}, got {c.shape}")
-        new = []
-        for k, (g, n) in enumerate(zip((st.gp0, st.gn0), counts)):
-            new.append(self.physics.pulse(g[0], n, k)[None])
-            self._stats["pulses"] = self._stats.get("pulses", 0) + int(np.abs(n).sum())
+        pair = self.mapping == "differential"
+        new = self.physics.pulse_pair([st.gp0, st.gn0][:1 + pair], n_pos, n_neg, st.shape, self._stats)
         gp = new[0]
-        gn = new[1] if self.mapping == "differential" else st.gn0
+        gn = new[1] if pair else st.gn0
         st.gp0, st.gn0, st.gp, st.gn = gp, gn, gp, gn
         self._install()
         return self
@@ -358,7 +335,7 @@ class Crossbar:
         from the noise-free conductances; "read" measures it the way a chip can (and aihwkit's
         GlobalDriftCompensation does): the summed |output| of noisy in-memory reads of one-hot
         inputs, as programmed over now (read noise, tiles and ADC included, from a noise stream
-        of the copy's own).
+        of the copy's own). See :func:`xbar.tile.drift.drifted_copy`.
         """
         self._check_programmed()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
@@ -366,43 +343,7 @@ class Crossbar:
             raise ConfigError(f"seconds = {seconds!r}: expected a finite time > 0 after programming")
         if compensate not in (False, True, "exact", "read"):
             raise ConfigError(f"compensate = {compensate!r}: expected False, True ('exact') or 'read'")
-        st = self.state
-        new = copy.copy(self)
-        new._stats = dict(self._stats)
-        new.read = copy.copy(self.read)
-        new.read.stats = new._stats
-        new.read.adc_fs = dict(self.read.adc_fs)
-        new.physics = self.physics   # shares the per-device draws; programming a copy is refused below
-        gp = self.physics.drifted(st.gp0, 0, seconds, st.nu)
-        gn = self.physics.drifted(st.gn0, 1, seconds, st.nu) if self.mapping == "differential" else st.gn0
-        # The copy reads (and reprograms) with its own random streams, independent of the original.
-        new.read.stream = int(krng.stream_key(np.uint64(self.read.stream),
-                                              np.uint64(2 ** 62 + self.read.reads))) >> 1
-        new.physics = copy.copy(self.physics)
-        new.physics.rng = np.random.default_rng([self.seed, self.read.reads, 1])
-        new.state = copy.copy(st)
-        new.state.gp, new.state.gn = gp, gn
-        new.state.t_s = float(seconds)
-        new.state.drift_compensation = 1.0
-        new._alpha_src = None
-        if compensate:
-            pair = self.mapping == "differential"
-            if compensate == "read":   # noisy one-hot reads before and after, as a chip can
-                var0 = self.physics.read_variance([st.gp0, st.gn0][:1 + pair], [st.gp0, st.gn0][:1 + pair], None,
-                                                  enabled=self.settings.read_noise)
-                var1 = self.physics.read_variance([gp, gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], seconds,
-                                                  enabled=self.settings.read_noise)
-                cal = int(krng.stream_key(np.uint64(new.read.stream), np.uint64(2 ** 61))) >> 1
-                ph, v_read = self.physics, self.settings.v_read
-                even = getattr(ph.read_iv, "even_term", "odd")
-                before = summed_column_read(self.settings, self.device.window_us, st.gp0 - st.gn0, var0, st.sig,
-                                            cal, 1, ph.iv_terms([st.gp0, st.gn0][:1 + pair], v_read, pair), even)
-                after = summed_column_read(self.settings, self.device.window_us, gp - gn, var1, st.sig, cal, 2,
-                                           ph.iv_terms([gp, gn][:1 + pair], v_read, pair), even)
-            else:
-                before = np.abs(np.einsum("p,pio->o", st.sig, st.gp0 - st.gn0)).sum()
-                after = np.abs(np.einsum("p,pio->o", st.sig, gp - gn)).sum()
-            new.state.drift_compensation = float(before / after) if after > 0 else 1.0
+        new = drifted_copy(self, float(seconds), compensate)
         new._install()
         return new
 

@@ -1,4 +1,9 @@
 """numba kernels: arrays and scalars in, arrays out; never config objects.
 
-The public wrappers in :mod:`xbar.crossbar` validate dtype, contiguity and shape before calling in.
+The callers (:mod:`xbar.tile.read`, :mod:`xbar.conv`, the update schemes) validate dtype, contiguity
+and shape before calling in, and choose a kernel's serial or parallel compilation with :func:`pick`.
 """
+
+from ._jit import PARALLEL_MIN, pick
+
+__all__ = ["PARALLEL_MIN", "pick"]

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import njit, njit_parallel, serial_twin
+from ._jit import PARALLEL_MIN, njit, njit_parallel, serial_twin  # noqa: F401  (PARALLEL_MIN: for xbar.conv)
 
 
 def _im2col(x, kh, kw, stride, pad, oh, ow, cols):
@@ -170,6 +170,3 @@ avgpool_kernel = njit_parallel(_avgpool)
 avgpool_kernel_serial = njit(serial_twin(_avgpool))
 avgpool_back_kernel = njit_parallel(_avgpool_back)
 avgpool_back_kernel_serial = njit(serial_twin(_avgpool_back))
-
-# Below this many output values a parallel launch costs more than it saves (as in crossbar.py).
-PARALLEL_MIN = 1 << 16

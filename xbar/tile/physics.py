@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..device import Device, pulse_curve_a, pulse_number, pulse_response
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
+from .arrays import as_matrix
 
 
 class DeviceArray:
@@ -98,6 +99,24 @@ class DeviceArray:
             return None
         nus = [dm.draw_nu(t, self.rng) for t in targets]
         return None if nus[0] is None else np.stack(nus)
+
+    def pulse_pair(self, g0: list[np.ndarray], n_pos, n_neg, shape: tuple[int, int], stats: dict) -> list:
+        """Validated signed pulse counts on each device of the pairs: the new (1, rows, out) arrays.
+
+        g0: the as-programmed conductances of G+ (and G-), (1, rows, out) each; n_neg None means no
+        pulses on G-. Counts every pulse in stats["pulses"].
+        """
+        counts = [as_matrix("n_pos", n_pos, cols=shape[1])]
+        if len(g0) > 1:
+            counts.append(as_matrix("n_neg", np.zeros_like(counts[0]) if n_neg is None else n_neg, cols=shape[1]))
+        for c in counts:
+            if c.shape[0] != shape[0]:
+                raise ShapeError(f"pulse counts: expected shape {shape}, got {c.shape}")
+        new = []
+        for k, (g, n) in enumerate(zip(g0, counts)):
+            new.append(self.pulse(g[0], n, k)[None])
+            stats["pulses"] = stats.get("pulses", 0) + int(np.abs(n).sum())
+        return new
 
     def pulse(self, g: np.ndarray, n: np.ndarray, k: int) -> np.ndarray:
         """Signed pulse counts n (rows, out) on device k holding g (rows, out): the NeuroSim response.

@@ -21,14 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels import pick
 from ..kernels import rng as krng
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_periphery, tile_periphery_serial
 from . import adc
 from .settings import Settings
 
-# Below this many tile outputs a parallel launch costs more than it saves (measured: ~35 µs serial
-# vs 0.1-3 ms for a parallel launch on two busy cores).
-PARALLEL_MIN = 1 << 15
 _NO_VAR = np.zeros((0, 0, 0), dtype=np.float32)
 
 
@@ -148,7 +146,7 @@ class ReadPath:
             # 200,704 x 25 im2col rows).
             xs = np.empty_like(X)
             scale = np.empty((X.shape[0], 1), np.float32)
-            (dac_dynamic if X.size >= PARALLEL_MIN else dac_dynamic_serial)(X, xs, scale)
+            pick(dac_dynamic, dac_dynamic_serial, X.size)(X, xs, scale)
         else:
             scale = np.float32(s.dac_range)
             xs = X / scale
@@ -176,7 +174,7 @@ class ReadPath:
                 v = self.v_fwd32 if way == "fwd" else self.v_bwd32
                 sd = np.sqrt((xs * xs) @ v)
                 self.reads += 1
-                fill = krng.add_scaled_normals if y.size >= PARALLEL_MIN else krng.add_scaled_normals_serial
+                fill = pick(krng.add_scaled_normals, krng.add_scaled_normals_serial, y.size)
                 fill(y, sd, np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN)
             return y
         if xs.shape[0] == 0:
@@ -202,7 +200,7 @@ class ReadPath:
         out = np.empty((B, N), dtype=np.float32)
         clipped = np.empty(B, dtype=np.int64)
         self.reads += 1
-        kernel = tile_periphery if M.size >= PARALLEL_MIN else tile_periphery_serial
+        kernel = pick(tile_periphery, tile_periphery_serial, M.size)
         kernel(M, V if V is not None else _NO_VAR, inv_step, step_post, qlo, qhi, post,
                np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN, krng.WN32,
                out, clipped)
