@@ -183,7 +183,7 @@ class Crossbar:
             gd = self._ir_dropped()
         nl = self.physics.iv_terms([st.gp, st.gn][:1 + pair], self.settings.v_read, pair)
         self.read.install(st.gp - st.gn if gd is None else gd, var, st.sig, self._alpha_eff, nl=nl,
-                          even=getattr(self.physics.read_iv, "even_term", "odd"))
+                          even=self.physics.read_iv.even_term)
 
     def _ir_dropped(self) -> np.ndarray:
         """G+ - G- as the reads see them through the wires (G- is a digital reference for offset)."""

@@ -154,6 +154,7 @@ class ReadIV(Model):
 
     kind: ClassVar[str] = "read_iv"
     v_max_v: float = math.inf
+    even_term: str = "odd"   # how the V² term treats negative reads (a parameter of models that have one)
 
     @property
     def has_even(self) -> bool:

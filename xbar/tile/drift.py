@@ -52,7 +52,7 @@ def compensation(xb, gp, gn, seconds: float, how: bool | str, stream: int) -> fl
         var0 = ph.read_variance(g0, g0, None, enabled=xb.settings.read_noise)
         var1 = ph.read_variance(g1, g0, seconds, enabled=xb.settings.read_noise)
         cal = int(krng.stream_key(np.uint64(stream), np.uint64(2 ** 61))) >> 1
-        v_read, even = xb.settings.v_read, getattr(ph.read_iv, "even_term", "odd")
+        v_read, even = xb.settings.v_read, ph.read_iv.even_term
         window = xb.device.window_us
         before = summed_column_read(xb.settings, window, st.gp0 - st.gn0, var0, st.sig, cal, 1,
                                     ph.iv_terms(g0, v_read, pair), even)

@@ -6,8 +6,8 @@ and the digital column gain. Its stages are public so tests and ``bench/profile_
 them instead of copying them:
 
 - :meth:`dac` — input scaling and DAC quantization;
-- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile, three
-  with a nonlinear read I–V curve);
+- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile, plus
+  one per nonzero term of a nonlinear read I–V curve);
 - :meth:`adc_params` — per-tile ADC steps, code bounds and gains (calibrating on first use);
 - :meth:`periphery` — the fused kernel: read noise, ADC and partial-sum add;
 - :meth:`read` — all of the above for inputs already through the DAC.
