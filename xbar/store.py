@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, XbarError
+from .jsonio import json_default
 
 FORMAT, VERSION = "xbar-store", 1
 HISTORY_KEYS = ("epoch", "test_accuracy", "train_accuracy", "step_accuracy", "loss", "test_loss", "step_loss",
@@ -105,19 +106,11 @@ def write_journal(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     target = d / f"{record['key']}.json"
     tmp = d / f".{record['key']}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
-        json.dump(record, fh, default=_json_default)
+        json.dump(record, fh, default=json_default)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
     return target
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def pending(path: str | os.PathLike) -> list[Path]:
@@ -273,7 +266,7 @@ def cleanup(path: str | os.PathLike) -> list[Path]:
 
 def create(path: str | os.PathLike, spec: dict[str, Any], spec_hash: str, spec_file: str = "") -> None:
     """A new, empty store (atomically: it appears complete or not at all)."""
-    from . import __version__
+    from .version import __version__
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     h5py = _h5py()

@@ -435,7 +435,7 @@ def environment() -> dict[str, str]:
     import numba
     import numpy as np
 
-    from . import __version__
+    from .version import __version__
     return {"xbar_version": __version__, "numpy_version": np.__version__, "numba_version": numba.__version__,
             "python": platform.python_version(), "host": platform.node()}
 
@@ -544,6 +544,7 @@ def estimate_seconds(config: dict[str, Any]) -> float:
     """A rough single-core time for a run, for --dry-run and the ETA (not a promise)."""
     from . import data as xdata
     from .nn import NetworkSpec
+    from .train import RULES, UPDATES
     n = _TRAIN_SIZE.get(config["dataset"], 10000)
     if config.get("train_limit"):
         n = min(n, config["train_limit"])
@@ -556,14 +557,10 @@ def estimate_seconds(config: dict[str, Any]) -> float:
         macs, layers = 500_000, 6
     steps = math.ceil(n / config["batch_size"])
     epoch = n * macs * _A + steps * layers * _B
-    if config["update"] != "float":
-        epoch += steps * (layers * _C + macs * _D)
+    epoch += UPDATES.get(config["update"]).time_factor(config) * steps * (layers * _C + macs * _D)
     if config.get("adc_bits") or config.get("dac_bits"):
         epoch *= 3.0
-    if config["rule"] == "hsic":
-        epoch *= 1.0 + 2.0 * config.get("hsic_epochs", 0) / max(config["epochs"], 1)
-    elif config["rule"] == "sg":
-        epoch *= 1.3
+    epoch *= RULES.get(config["rule"]).time_factor(config)
     evals = (n if config.get("eval_train", True) else 0) + 10000
     total = config["epochs"] * (epoch + evals * macs * _A * 0.7) + 0.5
     if config.get("command") == "prune":   # pretraining is shared; retraining rounds are not
