@@ -197,6 +197,13 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p}: malformed TOML: {exc}") from None
 
 
+def load_named_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A preset file's table, its `name` defaulting to the file's stem."""
+    data = load_toml(path)
+    data.setdefault("name", Path(path).stem)
+    return data
+
+
 def search_dirs(kind: str) -> list[Path]:
     """Where presets of `kind` ("devices", "networks", "experiments") are looked up, in order.
 
@@ -280,12 +287,16 @@ class FieldConfig:
 
     def __init__(self, **values: Any):
         fields = self.fields()
-        check_keys(values, [f.name for f in fields], file=self.LABEL)
+        check_keys(values, [f.name for f in fields], file=self.where())
         data = self.normalise({f.name: values.get(f.name, f.default) for f in fields})
-        checked = validate_fields(fields, data, file=self.LABEL)
+        checked = validate_fields(fields, data, file=self.where())
         self.check(checked)
         for k, v in checked.items():
             object.__setattr__(self, k, v)
+
+    def where(self) -> str | None:
+        """What error messages name as the source of a bad value (the class, or a file)."""
+        return self.LABEL
 
     def normalise(self, values: dict[str, Any]) -> dict[str, Any]:
         """Turn accepted alternative spellings into the field's own (before validation)."""

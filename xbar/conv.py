@@ -1,21 +1,12 @@
-"""Convolutions on crossbars and their digital periphery: the old import path of
-:mod:`xbar.nn.conv`, :mod:`xbar.nn.ops` and :mod:`xbar.nn.periphery`, kept for ``xbar.conv.X``."""
+"""The old import path of the convolution layer and its periphery: ``xbar.conv.X`` is ``xbar.nn.X``
+(:mod:`xbar.nn.conv`, :mod:`xbar.nn.ops`, :mod:`xbar.nn.periphery`)."""
 
-from .nn.conv import Conv2d
-from .nn.ops import (
-    avgpool2d,
-    avgpool2d_backward,
-    col2im,
-    col2im_reference,
-    conv_out,
-    im2col,
-    im2col_reference,
-    maxpool2d,
-    maxpool2d_backward,
-    pool_reference,
-)
-from .nn.periphery import BatchNorm, Dropout, Pool, Residual
+from . import nn
 
-__all__ = ["BatchNorm", "Conv2d", "Dropout", "Pool", "Residual", "avgpool2d", "avgpool2d_backward", "col2im",
-           "col2im_reference", "conv_out", "im2col", "im2col_reference", "maxpool2d", "maxpool2d_backward",
-           "pool_reference"]
+
+def __getattr__(name: str):
+    return getattr(nn, name)
+
+
+def __dir__():
+    return sorted(nn.__all__)

@@ -49,7 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import Field, find_preset, load_toml, parse_tile, preset_names, suggest, validate_fields
+from .config import (
+    Field,
+    FieldConfig,
+    find_preset,
+    load_named_toml,
+    parse_tile,
+    preset_names,
+    suggest,
+    validate_fields,
+)
 from .errors import ConfigError, ShapeError
 
 COSTS_KIND = "devices/costs"   # preset folder: devices/costs/*.toml, searched like device presets
@@ -90,37 +99,19 @@ ESTIMATES = ("energy_pj", "array_pj", "dac_pj", "adc_pj", "digital_pj", "latency
 METRICS = ("energy_pj", "tiles", "adc_conversions", "devices", "latency_ns", "area_mm2")
 
 
-@dataclass(frozen=True)
-class CostConstants:
-    """Per-operation constants of the cost model; see :data:`FIELDS` and devices/costs/*.toml."""
+class CostConstants(FieldConfig):
+    """Per-operation constants of the cost model; see :data:`FIELDS` and devices/costs/*.toml.
+    ``file``: the TOML file they came from (named in error messages)."""
 
-    name: str = "custom"
-    description: str = ""
-    source: str = ""
-    add_pj: float = 0.1
-    mult_pj: float = 3.1
-    digital_ns: float = 1.0
-    adc_walden_fj: float = 5.0
-    adc_schreier_db: float = 175.0
-    adc_ns: float = 1.0
-    adcs_per_tile: int = 1
-    adc_area_mm2: float = 0.0012
-    adc_area_bits: int = 8
-    adc_bits_default: int = 8
-    dac_pj_per_bit: float = 0.025
-    dac_ns: float = 1.0
-    dac_area_mm2_per_bit: float = 1.7e-7
-    dac_bits_default: int = 8
-    read_v: float = 0.2
-    read_ns: float = 10.0
-    cell_area_f2: float = 4.0
-    feature_nm: float = 45.0
-    file: str | None = None
+    FIELDS = FIELDS
+    LABEL = "CostConstants"
 
-    def __post_init__(self):
-        values = validate_fields(FIELDS, {f: getattr(self, f) for f in FIELD_NAMES}, file=self.file)
-        for k, v in values.items():
-            object.__setattr__(self, k, v)
+    def __init__(self, *, file: str | None = None, **values: Any):
+        object.__setattr__(self, "file", file)
+        super().__init__(**values)
+
+    def where(self) -> str | None:
+        return self.file
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, file: str | None = None) -> CostConstants:
@@ -128,9 +119,7 @@ class CostConstants:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> CostConstants:
-        data = load_toml(path)
-        data.setdefault("name", Path(path).stem)
-        return cls.from_dict(data, file=str(path))
+        return cls.from_dict(load_named_toml(path), file=str(path))
 
     @classmethod
     def preset(cls, name: str = DEFAULT_COSTS) -> CostConstants:

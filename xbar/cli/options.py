@@ -133,12 +133,13 @@ def add_config_options(parser: argparse.ArgumentParser, fields) -> None:
     Values are only converted here (text to number); the Field checks them, so a bad value gets
     the same message (field, valid range) as in a TOML file. Help shows each field's default.
     """
-    from ..train import FIELDS as TRAIN_FIELDS
+    from ..train import TrainConfig
+    train_fields = TrainConfig.fields()
     resolved = train_default_texts()
     for f in fields:
         flag = "--" + f.name.replace("_", "-")
         text = f.doc + (f" [{f.range_text()}]" if f.kind != "str" or f.choices else "")
-        if f in TRAIN_FIELDS and f.name in resolved:
+        if f in train_fields and f.name in resolved:
             text += f" (default: {resolved[f.name]})"
         elif f.default is not None and "default" not in f.doc:
             text += f" (default: {show(f.default)})"

@@ -21,8 +21,8 @@ COST_TRAIN_FIELDS = ("network", "dataset", "device", "bits", "update", "tile", "
 
 
 def _train_fields_without_init():
-    from ..train import FIELDS as TRAIN_FIELDS
-    return tuple(f for f in TRAIN_FIELDS if f.name != "init")   # prune has its own --init
+    from ..train import TrainConfig
+    return tuple(f for f in TrainConfig.fields() if f.name != "init")   # prune has its own --init
 
 
 def cmd_prune(args) -> int:

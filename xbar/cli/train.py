@@ -25,8 +25,8 @@ from .options import (
 
 def train_config(args):
     """The resolved TrainConfig of parsed `xbar train` arguments (validated; nothing is trained)."""
-    from ..train import FIELDS, TrainConfig
-    data = config_from_args(args, FIELDS)
+    from ..train import TrainConfig
+    data = config_from_args(args, TrainConfig.fields())
     if data.get("init"):   # the run's network and dataset, unless the command line names others
         from ..train.init import init_defaults
         data = {**init_defaults(data["init"]), **data}
@@ -91,9 +91,9 @@ def cmd_train(args) -> int:
 
 def cmd_baseline(args) -> int:
     from ..baseline import baseline, resolve
-    from ..train import FIELDS, TrainConfig
+    from ..train import TrainConfig
     # Unresolved: the baseline ignores device fields, so their checks must not run here.
-    cfg = TrainConfig.from_dict(config_from_args(args, FIELDS), file="command line")
+    cfg = TrainConfig.from_dict(config_from_args(args, TrainConfig.fields()), file="command line")
     result = baseline(cfg, on_epoch=Progress(resolve(cfg)[0].epochs, args.json or args.quiet))
     print_result(result, args.json)
     return 0 if result["status"] == "ok" else 1
@@ -150,8 +150,8 @@ def cmd_demo(args) -> int:
 
 
 def add_train_options(t, out: bool):
-    from ..train import FIELDS as TRAIN_FIELDS
-    add_config_options(t, TRAIN_FIELDS)
+    from ..train import TrainConfig
+    add_config_options(t, TrainConfig.fields())   # the registered rules' and schemes' options too
     add_output_options(t, progress="no per-epoch progress on stderr",
                        out="save the trained network and device state (.h5)" if out else None)
     return t

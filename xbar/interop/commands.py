@@ -1,4 +1,5 @@
-"""`xbar import` and `xbar export`, and starting training from a saved run (``train --init``).
+"""What `xbar import` and `xbar export` do (their command line is :mod:`xbar.cli.interop`): reading
+a torch model file, importing it into a run file, and ``train_init``.
 
     xbar import model.pt --module mypkg.models:LeNet --example-shape 1,28,28 --out net.h5
     xbar import whole_model.pt --trust --example-shape 1,28,28 --out net.h5 --device rram-4bit --adc-bits 8

@@ -29,8 +29,11 @@ def _kernels():
     return im2col
 
 
-def _pick(parallel, serial, n: int):
-    return parallel if n >= _kernels().PARALLEL_MIN else serial
+def _dispatch(name: str, n: int):
+    """Kernel `name` of xbar.kernels.im2col, or its serial twin for work below the parallel cut-off
+    (n values): threads cost more than they save on small maps."""
+    k = _kernels()
+    return getattr(k, name) if n >= k.PARALLEL_MIN else getattr(k, name + "_serial")
 
 
 # ---- im2col / col2im ------------------------------------------------------------------------------
@@ -43,7 +46,7 @@ def im2col(x, kernel: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     if oh < 1 or ow < 1:
         raise ShapeError(f"im2col: kernel {kernel} (padding {padding}) is larger than the {H}x{W} input")
     cols = np.empty((B * oh * ow, kernel * kernel * C), np.float32)
-    _pick(_kernels().im2col_kernel, _kernels().im2col_kernel_serial, cols.size)(x, kernel, kernel, stride, padding, oh, ow, cols)
+    _dispatch("im2col_kernel", cols.size)(x, kernel, kernel, stride, padding, oh, ow, cols)
     return cols
 
 
@@ -55,7 +58,7 @@ def col2im(cols, shape: tuple[int, int, int, int], kernel: int, stride: int = 1,
     if cols.shape != (B * oh * ow, kernel * kernel * C):
         raise ShapeError(f"col2im: expected rows of shape {(B * oh * ow, kernel * kernel * C)}, got {cols.shape}")
     dx = np.empty((B, H, W, C), np.float32)
-    _pick(_kernels().col2im_kernel, _kernels().col2im_kernel_serial, cols.size)(cols, kernel, kernel, stride, padding, oh, ow, dx)
+    _dispatch("col2im_kernel", cols.size)(cols, kernel, kernel, stride, padding, oh, ow, dx)
     return dx
 
 
@@ -81,17 +84,22 @@ def col2im_reference(cols: np.ndarray, shape, kernel: int, stride: int = 1, padd
 
 # ---- pooling --------------------------------------------------------------------------------------
 
-def maxpool2d(x, size: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Max pooling of x (B, H, W, C): (out (B, OH, OW, C), argmax as flat h·W + w, int64)."""
+def _pool_output(what: str, x, size: int, stride: int | None):
+    """(x checked, stride, OH, OW, an empty (B, OH, OW, C) output) of a pooling window."""
     x = _maps("x", x)
     stride = stride or size
     B, H, W, C = x.shape
     oh, ow = conv_out(H, size, stride), conv_out(W, size, stride)
     if oh < 1 or ow < 1:
-        raise ShapeError(f"maxpool: window {size} is larger than the {H}x{W} input")
-    out = np.empty((B, oh, ow, C), np.float32)
-    arg = np.empty((B, oh, ow, C), np.int64)
-    _pick(_kernels().maxpool_kernel, _kernels().maxpool_kernel_serial, out.size * size * size)(x, size, stride, oh, ow, out, arg)
+        raise ShapeError(f"{what}: window {size} is larger than the {H}x{W} input")
+    return x, stride, oh, ow, np.empty((B, oh, ow, C), np.float32)
+
+
+def maxpool2d(x, size: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Max pooling of x (B, H, W, C): (out (B, OH, OW, C), argmax as flat h·W + w, int64)."""
+    x, stride, oh, ow, out = _pool_output("maxpool", x, size, stride)
+    arg = np.empty(out.shape, np.int64)
+    _dispatch("maxpool_kernel", out.size * size * size)(x, size, stride, oh, ow, out, arg)
     return out, arg
 
 
@@ -101,20 +109,14 @@ def maxpool2d_backward(g, arg: np.ndarray, shape: tuple[int, int, int, int]) -> 
     if g.shape != arg.shape:
         raise ShapeError(f"maxpool backward: g has shape {g.shape}, the forward pass gave {arg.shape}")
     dx = np.empty(shape, np.float32)
-    _pick(_kernels().maxpool_back_kernel, _kernels().maxpool_back_kernel_serial, dx.size)(g, arg, dx)
+    _dispatch("maxpool_back_kernel", dx.size)(g, arg, dx)
     return dx
 
 
 def avgpool2d(x, size: int, stride: int | None = None) -> np.ndarray:
     """Average pooling of x (B, H, W, C) over size×size windows."""
-    x = _maps("x", x)
-    stride = stride or size
-    B, H, W, C = x.shape
-    oh, ow = conv_out(H, size, stride), conv_out(W, size, stride)
-    if oh < 1 or ow < 1:
-        raise ShapeError(f"avgpool: window {size} is larger than the {H}x{W} input")
-    out = np.empty((B, oh, ow, C), np.float32)
-    _pick(_kernels().avgpool_kernel, _kernels().avgpool_kernel_serial, out.size * size * size)(x, size, stride, oh, ow, out)
+    x, stride, oh, ow, out = _pool_output("avgpool", x, size, stride)
+    _dispatch("avgpool_kernel", out.size * size * size)(x, size, stride, oh, ow, out)
     return out
 
 
@@ -122,7 +124,7 @@ def avgpool2d_backward(g, size: int, stride: int | None, shape: tuple[int, int, 
     """Gradient of average pooling: g / size² spread over each window of (B, H, W, C)."""
     g = _maps("g", g)
     dx = np.empty(shape, np.float32)
-    _pick(_kernels().avgpool_back_kernel, _kernels().avgpool_back_kernel_serial, dx.size)(g, size, stride or size, dx)
+    _dispatch("avgpool_back_kernel", dx.size)(g, size, stride or size, dx)
     return dx
 
 

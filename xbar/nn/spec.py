@@ -12,7 +12,7 @@ import numpy as np
 from ..config import (
     check_keys,
     find_preset,
-    load_toml,
+    load_named_toml,
     preset_names,
     validate_fields,
     where_text,
@@ -132,9 +132,7 @@ class NetworkSpec:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NetworkSpec:
-        data = load_toml(path)
-        data.setdefault("name", Path(path).stem)
-        return cls.from_dict(data, file=str(path))
+        return cls.from_dict(load_named_toml(path), file=str(path))
 
     @classmethod
     def preset(cls, name: str) -> NetworkSpec:

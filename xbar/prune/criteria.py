@@ -122,19 +122,14 @@ class Magnitude(Criterion):
 
 
 @CRITERIA.register
-class L1(Criterion):
+class L1(Magnitude):
     """The l1 norm of a unit's incoming weights (the seed's filter magnitude); |w| per weight."""
 
     name = "l1"
     granularities = ("unit",)
-
-    @classmethod
-    def unit_scores(cls, act, group, rng):
-        return np.abs(group_weights(act, group)).sum(axis=0, dtype=np.float64)
-
-    @classmethod
-    def weight_scores(cls, act, layer, rng):
-        return np.abs(act.W[layer]).astype(np.float64)
+    default_granularity = "unit"
+    any_network = False
+    hint: ClassVar[dict[str, str]] = {}
 
 
 @CRITERIA.register
