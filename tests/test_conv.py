@@ -488,8 +488,8 @@ def test_predict_is_inference_mode_and_chunked_without_changing_results(monkeypa
     a = net.predict(X)
     b = net.predict(X)        # no dropout, running statistics: deterministic
     np.testing.assert_array_equal(a, b)
-    from xbar import nn
-    monkeypatch.setattr(nn, "PREDICT_BUDGET", 3 * net.layers[0].cols_per_sample)
+    from xbar.nn import network
+    monkeypatch.setattr(network, "PREDICT_BUDGET", 3 * net.layers[0].cols_per_sample)
     assert net.eval_batch(1000) == 3
     np.testing.assert_allclose(net.predict(X), a, rtol=1e-6, atol=1e-6)
     z_train, _ = net.forward(X, train=True)

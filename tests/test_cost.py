@@ -196,7 +196,8 @@ def test_user_presets_on_xbar_path(tmp_path, monkeypatch):
 
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="xbar")
-    xc.add_cli(parser.add_subparsers(dest="command"))
+    from xbar.cli.prune import add_cost
+    add_cost(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -190,7 +190,7 @@ def test_retrain_only_given_layers(digits):
     xp.retrain(tr, digits[0], digits[1], steps=5, layers=[1])
     assert np.array_equal(tr.net.layers[0].W, before[0])
     assert not np.array_equal(tr.net.layers[1].W, before[1])
-    assert not isinstance(tr.rule, xp._OnlyLayers)
+    assert tr.only_layers is None   # the restriction ends with the call
 
 
 # ---- whole runs -------------------------------------------------------------------------------------
@@ -300,8 +300,9 @@ def test_pruned_cost_matches_cost_model(digits):
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="xbar")
     sub = parser.add_subparsers(dest="command")
-    xp.add_cli(sub)
-    xc.add_cli(sub)
+    from xbar.cli.prune import add_cost, add_prune
+    add_prune(sub)
+    add_cost(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

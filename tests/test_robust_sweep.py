@@ -21,6 +21,7 @@ import pytest
 
 from xbar import store
 from xbar.errors import ConfigError, XbarError
+from xbar.jsonio import json_default
 from xbar.sweep import Experiment, run_one, run_sweep
 
 TINY = """
@@ -278,7 +279,7 @@ def test_a_run_whose_loss_explodes_is_recorded_as_diverged_with_its_epoch(tmp_pa
     rec = run_one({"key": run.key, "point": run.point, "config": run.config})
     assert rec["status"] == "diverged", rec["message"]
     assert isinstance(rec["diverged_epoch"], int) and rec["diverged_epoch"] >= 1
-    assert store.check_record(json.loads(json.dumps(rec, default=store._json_default)), run.key) == ""
+    assert store.check_record(json.loads(json.dumps(rec, default=json_default)), run.key) == ""
 
 
 # ---- damaged stores ---------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ import os as _os
 # is first imported through xbar, and never overrides a user's own setting. See README.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-__version__ = "0.1.0"
-
 from .device import Device
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError, XbarError
+from .version import __version__
 
 __all__ = ["ConfigError", "Crossbar", "DataError", "Device", "NonFiniteError", "ShapeError", "XbarError", "__version__"]
 

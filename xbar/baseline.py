@@ -33,6 +33,7 @@ from . import data as xdata
 from .errors import ConfigError
 from .nn import NetworkSpec
 from .train.loop import TrainConfig, load_data, record_epoch
+from .train.trainer import stream  # the loop's streams: k = 0 init, 2 shuffling
 
 INITS = ("torch", "xbar")
 TORCH_PIN = "torch==2.13.0"
@@ -51,11 +52,6 @@ def import_torch():
                           f"the CPU build: pip install {TORCH_PIN} --index-url "
                           "https://download.pytorch.org/whl/cpu") from None
     return torch
-
-
-def _stream(seed: int, k: int) -> np.random.Generator:
-    # The loop's streams (xbar.train.loop): k = 0 init, 2 shuffling.
-    return np.random.default_rng(np.random.SeedSequence([seed, k]))
 
 
 def _activation(torch, name: str) -> Callable:
@@ -99,7 +95,7 @@ class TorchMLP:
             self.layers = torch.nn.ModuleList(torch.nn.Linear(widths[i], widths[i + 1], bias=spec.bias)
                                               for i in range(len(widths) - 1))
         if init == "xbar":
-            ref = spec.build(n_in, n_classes, _stream(seed, 0))
+            ref = spec.build(n_in, n_classes, stream(seed, 0))
             with torch.no_grad():
                 for lin, dense in zip(self.layers, ref.layers):
                     lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(dense.W.T)))
@@ -183,7 +179,7 @@ def baseline(config: TrainConfig | dict, *, data: tuple | None = None, init: str
     model = TorchMLP(spec, Xtr.shape[1], n_classes, cfg.seed, init)
     opt = make_optimizer(torch, cfg, model.parameters())
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    shuffle = _stream(cfg.seed, 2)
+    shuffle = stream(cfg.seed, 2)
     tensors = [torch.from_numpy(a) for a in (Xtr, ytr, Xte, yte)]
 
     history, status, message, train_seconds = _epochs(torch, cfg, model, opt, sched, shuffle, tensors,

@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .crossbar import Crossbar
 from .errors import XbarError
+from .jsonio import dumps
 from .nn import Dense, Network
+from .version import __version__
 
 FORMAT = "xbar-run"
 FORMAT_VERSION = 2   # 2: crossbars as Crossbar.state_dict(), network spec, batch norm; 1 still read
@@ -78,20 +79,6 @@ def _v1_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]):
 
 # ---- saving -------------------------------------------------------------------------------------------
 
-def _json(obj: Any) -> str:
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, (tuple, set)):
-            return list(o)
-        if hasattr(o, "as_dict"):
-            return o.as_dict()
-        raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-    return json.dumps(obj, default=default)
-
-
 def versions() -> dict[str, str]:
     """Versions of the software that wrote a file."""
     import h5py
@@ -130,15 +117,15 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["versions"] = _json(versions())
-            f.attrs["config"] = _json(cfg)
-            f.attrs["result"] = _json(result or {})
+            f.attrs["versions"] = dumps(versions())
+            f.attrs["config"] = dumps(cfg)
+            f.attrs["result"] = dumps(result or {})
             f.attrs["seed"] = -1 if cfg.get("seed") is None else int(cfg["seed"])   # -1: unknown
             f.attrs["network"] = net.name
             f.attrs["output"] = net.output
             f.attrs["n_layers"] = len(net.layers)
             if spec_data is not None:
-                f.attrs["network_spec"] = _json(spec_data)
+                f.attrs["network_spec"] = dumps(spec_data)
                 f.attrs["n_in"] = _net_input_size(net)
                 f.attrs["n_classes"] = net.layers[-1].n_out
             for i, layer in enumerate(net.layers):
@@ -159,7 +146,7 @@ def save(path: str | os.PathLike, trainer_or_network, config=None, result: dict 
                 if layer.crossbar is not None:
                     meta, arrays = crossbar_state(layer.crossbar)
                     c = g.create_group("crossbar")
-                    c.attrs["meta"] = _json(meta)
+                    c.attrs["meta"] = dumps(meta)
                     for k, v in arrays.items():
                         c[k] = v
             u = f.create_group("update")
@@ -219,8 +206,7 @@ class Run:
 
     def _network_from_spec(self, rng, at_seconds, compensate) -> Network:
         """Any network (conv, pooling, batch norm, binary): rebuilt from its spec, then restored."""
-        from .conv import BatchNorm
-        from .nn import NetworkSpec
+        from .nn import BatchNorm, NetworkSpec
         spec = NetworkSpec.from_dict(self.network_spec["data"], file=self.network_spec.get("file"))
         net = spec.build(self.n_in, self.n_classes, rng)
         if len(net.layers) != len(self._layers):
@@ -246,7 +232,7 @@ class Run:
     def scores(self, X, y, at_seconds: float | None = None, compensate: bool = False,
                batch_size: int = 1000) -> tuple[float, float]:
         """(mean loss, accuracy in percent) on (X, y), as saved or after drift to `at_seconds`."""
-        from .train.loop import evaluate
+        from .train.trainer import evaluate
         X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
         return evaluate(self.network(at_seconds, compensate), X, y, batch_size)
@@ -279,7 +265,7 @@ class Run:
                                "compensate": compensate if isinstance(compensate, str) else bool(compensate)}
         splits = [("test", cfg.get("test_limit"))] + ([("train", cfg.get("train_limit"))] if train else [])
         net = self.network(at_seconds, compensate)
-        from .train.loop import evaluate
+        from .train.trainer import evaluate
         for split, limit in splits:
             X, y = xdata.load(cfg["dataset"], split, data_dir)
             if limit:

@@ -197,6 +197,13 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p}: malformed TOML: {exc}") from None
 
 
+def load_named_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A preset file's table, its `name` defaulting to the file's stem."""
+    data = load_toml(path)
+    data.setdefault("name", Path(path).stem)
+    return data
+
+
 def search_dirs(kind: str) -> list[Path]:
     """Where presets of `kind` ("devices", "networks", "experiments") are looked up, in order.
 
@@ -241,3 +248,95 @@ def find_preset(kind: str, name: str) -> Path:
     known = preset_names(kind)
     raise ConfigError(f"unknown {kind[:-1]} {name!r}{suggest(name, known)}; known: {', '.join(known)}"
                       f" (or pass a path to a .toml file, or add a folder to XBAR_PATH)")
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """'64x64' -> (64, 64); errors say what to write."""
+    try:
+        r, c = str(text).lower().split("x")
+        rows, cols = int(r), int(c)
+        if rows < 1 or cols < 1:
+            raise ValueError
+        return rows, cols
+    except ValueError:
+        raise ConfigError(f"tile = {text!r}: expected ROWSxCOLS with integers >= 1, e.g. '64x64'") from None
+
+
+class FieldConfig:
+    """Base of the frozen configs declared by Field specs (TrainConfig, PruneConfig, CostConstants).
+
+    A subclass sets ``FIELDS`` (or overrides :meth:`fields` when the list grows with a registry),
+    ``LABEL`` (names the object in messages, e.g. "TrainConfig") and ``SOURCE`` (the default
+    ``file`` of :meth:`from_dict`, e.g. "train config"). Keywords are validated like a TOML table;
+    :meth:`check` runs after, for what one field cannot say alone. Instances are immutable:
+    :meth:`with_` returns a new one.
+    """
+
+    FIELDS: tuple[Field, ...] = ()
+    LABEL = "config"
+    SOURCE = "config"
+    LIST_VALID = False    # with_'s unknown-field message lists every valid name
+
+    @classmethod
+    def fields(cls) -> tuple[Field, ...]:
+        return cls.FIELDS
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in cls.fields())
+
+    def __init__(self, **values: Any):
+        fields = self.fields()
+        check_keys(values, [f.name for f in fields], file=self.where())
+        data = self.normalise({f.name: values.get(f.name, f.default) for f in fields})
+        checked = validate_fields(fields, data, file=self.where())
+        self.check(checked)
+        for k, v in checked.items():
+            object.__setattr__(self, k, v)
+
+    def where(self) -> str | None:
+        """What error messages name as the source of a bad value (the class, or a file)."""
+        return self.LABEL
+
+    def normalise(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Turn accepted alternative spellings into the field's own (before validation)."""
+        return values
+
+    def check(self, values: dict[str, Any]) -> None:
+        """Cross-field checks after every field passed its own (ConfigError)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None):
+        """Validate a plain dict (e.g. a TOML table); unknown keys get a did-you-mean."""
+        return cls(**validate_fields(cls.fields(), dict(data), file=file or cls.SOURCE))
+
+    def with_(self, **changes: Any):
+        names = self.field_names()
+        for k in changes:
+            if k not in names:
+                raise ConfigError(f"{self.LABEL}: unknown field {k!r}{suggest(k, names)}"
+                                  + (f"; valid: {', '.join(names)}" if self.LIST_VALID else ""))
+        return type(self)(**{**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values, in field order."""
+        return {f: getattr(self, f) for f in self.field_names()}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{self.LABEL} is immutable: use with_({name}=...)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self.LABEL} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.as_dict() == self.as_dict()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple((k, _hashable(v)) for k, v in self.as_dict().items())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v

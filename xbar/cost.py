@@ -49,7 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import Field, find_preset, load_toml, preset_names, suggest, validate_fields
+from .config import (
+    Field,
+    FieldConfig,
+    find_preset,
+    load_named_toml,
+    parse_tile,
+    preset_names,
+    suggest,
+    validate_fields,
+)
 from .errors import ConfigError, ShapeError
 
 COSTS_KIND = "devices/costs"   # preset folder: devices/costs/*.toml, searched like device presets
@@ -90,37 +99,19 @@ ESTIMATES = ("energy_pj", "array_pj", "dac_pj", "adc_pj", "digital_pj", "latency
 METRICS = ("energy_pj", "tiles", "adc_conversions", "devices", "latency_ns", "area_mm2")
 
 
-@dataclass(frozen=True)
-class CostConstants:
-    """Per-operation constants of the cost model; see :data:`FIELDS` and devices/costs/*.toml."""
+class CostConstants(FieldConfig):
+    """Per-operation constants of the cost model; see :data:`FIELDS` and devices/costs/*.toml.
+    ``file``: the TOML file they came from (named in error messages)."""
 
-    name: str = "custom"
-    description: str = ""
-    source: str = ""
-    add_pj: float = 0.1
-    mult_pj: float = 3.1
-    digital_ns: float = 1.0
-    adc_walden_fj: float = 5.0
-    adc_schreier_db: float = 175.0
-    adc_ns: float = 1.0
-    adcs_per_tile: int = 1
-    adc_area_mm2: float = 0.0012
-    adc_area_bits: int = 8
-    adc_bits_default: int = 8
-    dac_pj_per_bit: float = 0.025
-    dac_ns: float = 1.0
-    dac_area_mm2_per_bit: float = 1.7e-7
-    dac_bits_default: int = 8
-    read_v: float = 0.2
-    read_ns: float = 10.0
-    cell_area_f2: float = 4.0
-    feature_nm: float = 45.0
-    file: str | None = None
+    FIELDS = FIELDS
+    LABEL = "CostConstants"
 
-    def __post_init__(self):
-        values = validate_fields(FIELDS, {f: getattr(self, f) for f in FIELD_NAMES}, file=self.file)
-        for k, v in values.items():
-            object.__setattr__(self, k, v)
+    def __init__(self, *, file: str | None = None, **values: Any):
+        object.__setattr__(self, "file", file)
+        super().__init__(**values)
+
+    def where(self) -> str | None:
+        return self.file
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, file: str | None = None) -> CostConstants:
@@ -128,9 +119,7 @@ class CostConstants:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> CostConstants:
-        data = load_toml(path)
-        data.setdefault("name", Path(path).stem)
-        return cls.from_dict(data, file=str(path))
+        return cls.from_dict(load_named_toml(path), file=str(path))
 
     @classmethod
     def preset(cls, name: str = DEFAULT_COSTS) -> CostConstants:
@@ -193,11 +182,13 @@ class Periphery:
     @classmethod
     def from_config(cls, cfg) -> Periphery:
         """From a TrainConfig: its device, tile and converters; update 'float' is costed as if it
-        ran on the same crossbars; the in-situ updates (mixed, pulse) keep the bias on a row."""
-        from .train.loop import parse_tile
+        ran on the same crossbars; the in-situ updates (mixed, pulse) keep the bias on a row
+        (their ``bias_row``)."""
+        from .train.updates import UPDATES
         d = cfg.device_obj()
         return cls(tile=parse_tile(cfg.tile), adc_bits=cfg.adc_bits, dac_bits=cfg.dac_bits,
-                   bias_row=cfg.update in ("mixed", "pulse"), g_mid_us=0.5 * (d.g_min_us + d.g_max_us))
+                   bias_row=cfg.update is not None and UPDATES.get(cfg.update).bias_row,
+                   g_mid_us=0.5 * (d.g_min_us + d.g_max_us))
 
 
 # ---- counts --------------------------------------------------------------------------------------
@@ -400,66 +391,3 @@ SUMMARY = ("devices", "tiles", "array_reads", "dac_conversions", "adc_conversion
 def summary(cost: dict[str, Any]) -> dict[str, Any]:
     """The totals worth a JSON line: devices, tiles, conversions, energy, latency, area."""
     return {key: cost["total"][key] for key in SUMMARY}
-
-
-# ---- command line ------------------------------------------------------------------------------
-
-CLI_TRAIN_FIELDS = ("network", "dataset", "device", "bits", "update", "tile", "adc_bits", "dac_bits")
-
-
-def add_cli(subparsers) -> None:
-    """Register `xbar cost` on the CLI's subparsers."""
-    from .cli import _add_config_options
-    from .train.loop import FIELDS as TRAIN_FIELDS
-    c = subparsers.add_parser("cost", help="hardware counts and energy/latency/area estimates per layer")
-    _add_config_options(c, [f for f in TRAIN_FIELDS if f.name in CLI_TRAIN_FIELDS])
-    c.add_argument("--costs", default=DEFAULT_COSTS, help="cost constants: a devices/costs preset or a "
-                   f".toml path (presets: {', '.join(CostConstants.presets())})")
-    c.add_argument("--run", default=None, help="cost a saved run (.h5, e.g. from xbar prune --out): its "
-                   "network, masks and crossbars")
-    c.add_argument("--no-repack", action="store_true", help="keep the matrix positions (no re-packing)")
-    c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    c.set_defaults(func=cmd_cost)
-
-
-def cmd_cost(args) -> int:
-    import json
-
-    from .cli import _config_from_args, _json_default, _print_table
-    from .train.loop import FIELDS as TRAIN_FIELDS
-    constants = CostConstants.preset(args.costs)
-    if args.run:
-        from .checkpoint import load
-        run = load(args.run)
-        net = run.network()
-        from .train import TrainConfig
-        cfg = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in CLI_TRAIN_FIELDS})
-        cost = net_cost(net, Periphery.from_config(cfg), constants, repack=not args.no_repack)
-        title = f"{args.run}: {run.network_name}"
-    else:
-        from . import data as xdata
-        from .nn import NetworkSpec
-        from .train import TrainConfig
-        fields = [f for f in TRAIN_FIELDS if f.name in CLI_TRAIN_FIELDS]
-        cfg = TrainConfig.from_dict(_config_from_args(args, fields), file="command line").resolve()
-        spec = NetworkSpec.preset(cfg.network)
-        net = spec.build(int(np.prod(xdata.image_shape(cfg.dataset))), xdata.num_classes(cfg.dataset),
-                         np.random.default_rng(0))
-        cost = net_cost(net, Periphery.from_config(cfg), constants, repack=not args.no_repack)
-        title = f"{spec.name} on {cfg.dataset}, device {cfg.device}"
-    if args.json:
-        print(json.dumps(cost, default=_json_default))
-        return 0
-    head = ("layer", "cells", "devices", "tiles", "reads", "DAC conv", "ADC conv", "psum adds", "energy pJ",
-            "ADC pJ", "latency ns", "area mm²")
-
-    def row(name, c):
-        return (name, c["cells"], c["devices"], c["tiles"], c["array_reads"], c["dac_conversions"],
-                c["adc_conversions"], c["partial_sum_adds"], f"{c['energy_pj']:.1f}", f"{c['adc_pj']:.1f}",
-                f"{c['latency_ns']:.0f}", f"{c['area_mm2']:.4f}")
-    print(f"{title}; tile {cost['tile'][0]}x{cost['tile'][1]}, ADC {cost['adc_bits']} bits"
-          + (" (costed default: the simulation's ADC is ideal)" if cost["adc_bits_assumed"] else "")
-          + f", DAC {cost['dac_bits']} bits" + (" (costed default)" if cost["dac_bits_assumed"] else "")
-          + f"; constants {cost['constants']}; per inference; energy/latency/area are estimates")
-    _print_table(head, [row(c["name"], c) for c in cost["layers"]] + [row("total", cost["total"])])
-    return 0

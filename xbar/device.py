@@ -1,11 +1,14 @@
-"""Memristive device models: conductance levels and the non-idealities of programming and reading.
+"""Memristive devices: a device's parameters and which physics model describes each effect.
 
 A :class:`Device` is pure data (a frozen dataclass validated from TOML or keywords): its levels,
 its window and which model describes each effect. The flat fields (``program_noise_rel``,
 ``read_noise_rel``, ``drift_nu_*``) are the constant models; a TOML table ``[program_noise]``,
 ``[read_noise]`` or ``[drift]`` with ``model = "<name>"`` picks a state- or time-dependent model from
-:mod:`xbar.physics` instead, and ``[read_iv]`` a nonlinear read I–V curve (default: ohmic). The NeuroSim pulse response (`pulse_response`, `pulse_number`) lives
-here too. Conductances are in microsiemens (µS).
+:mod:`xbar.physics` instead, and ``[read_iv]`` a nonlinear read I–V curve (default: ohmic); the
+models themselves (writes, read variance, drift, I–V) live there and the crossbar's
+:mod:`xbar.tile.physics` applies them. Here too: snapping to the levels (`snap_to_levels`) and the
+NeuroSim pulse response (`pulse_curve_a`, `pulse_response`, `pulse_number`). Conductances are in
+microsiemens (µS).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Field, find_preset, load_toml, preset_names, validate_fields, where_text
+from .config import Field, find_preset, load_named_toml, preset_names, validate_fields, where_text
 from .errors import ConfigError
 
 READ_NOISE_KINDS = ("multiplicative", "additive")
@@ -132,8 +135,7 @@ class Device:
     @classmethod
     def from_toml(cls, path: str | Path) -> Device:
         """Load a device from a TOML file (top-level keys are the fields of :data:`FIELDS`)."""
-        data = load_toml(path)
-        data.setdefault("name", Path(path).stem)
+        data = load_named_toml(path)
         dev = cls.from_dict(data, file=str(path))   # unknown keys and bad values first
         missing = [k for k in REQUIRED_IN_FILES if k not in data]
         if missing or not dev.source.strip():

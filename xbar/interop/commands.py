@@ -1,4 +1,5 @@
-"""`xbar import` and `xbar export`, and starting training from a saved run (``train --init``).
+"""What `xbar import` and `xbar export` do (their command line is :mod:`xbar.cli.interop`): reading
+a torch model file, importing it into a run file, and ``train_init``.
 
     xbar import model.pt --module mypkg.models:LeNet --example-shape 1,28,28 --out net.h5
     xbar import whole_model.pt --trust --example-shape 1,28,28 --out net.h5 --device rram-4bit --adc-bits 8
@@ -12,14 +13,13 @@ A file made by ``torch.save(model)`` is a pickle, i.e. code: it is read only wit
 
 The run file keeps the network spec, the crossbars, and a config (network: the spec TOML written
 beside it, dataset, device, ...), so ``xbar eval``, ``xbar cost --run`` and ``xbar prune --init``
-read it like any run; :func:`init_trainer` is what ``xbar train --init`` calls.
+read it like any run; ``xbar train --init`` starts from it (:mod:`xbar.train.init`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import math
 import sys
 import zipfile
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from .torch import CROSSBAR_OPTIONS, TorchImportError, _torch
+from ..train.init import init_defaults, init_trainer
+from .torch import TorchImportError
+from .trace import torch_module
 
 IMPORT_FIELDS = ("device", "device_set", "bits", "update", "quant", "range", "gain", "tile", "adc_bits",
                  "dac_bits", "seed")
@@ -43,7 +44,7 @@ DATASET_FOR_SHAPE = {(1, 28, 28): "fmnist", (784,): "fmnist", (3, 32, 32): "cifa
 def load_model(path: str | Path, module: str | None = None, trust: bool = False):
     """The torch.nn.Module in `path`: a state_dict loaded into `module` ("package.module:Name"), or,
     with trust=True, a whole pickled module. Every failure is one TorchImportError line."""
-    torch = _torch()
+    torch = torch_module()
     path = Path(path)
     if not path.is_file():
         raise TorchImportError(f"{path}: no such file")
@@ -106,7 +107,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _state_dict(obj, path: Path) -> dict:
-    torch = _torch()
+    torch = torch_module()
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -120,7 +121,7 @@ def _state_dict(obj, path: Path) -> dict:
 def instantiate(spec: str):
     """A module from "package.module:Name" (a class or factory taking no arguments); the current
     folder is searched first."""
-    torch = _torch()
+    torch = torch_module()
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise TorchImportError(f"--module {spec!r}: expected package.module:ClassName")
@@ -225,7 +226,7 @@ def import_model(model_path, example_shape, out, *, module=None, trust=False, da
 def compare_with_torch(model, net, dataset, limit, data_dir, shape) -> dict[str, Any]:
     """Torch's and xbar's test accuracy and the largest logit difference on `limit` test images."""
     from .. import data as xdata
-    torch = _torch()
+    torch = torch_module()
     X, y = xdata.load(dataset, "test", data_dir)
     if limit:
         X, y = X[:limit], y[:limit]
@@ -253,115 +254,7 @@ def _is_log_prob(a: np.ndarray) -> bool:
     return bool(np.all(a <= 1e-5)) and bool(np.allclose(np.exp(a.astype(np.float64)).sum(1), 1, atol=1e-3))
 
 
-def cmd_import(args) -> int:
-    opts = {k: getattr(args, k) for k in CROSSBAR_OPTIONS if getattr(args, k, None) is not None}
-    result = import_model(args.model, args.example_shape, args.out, module=args.module, trust=args.trust,
-                          dataset=args.dataset, batchnorm=args.batchnorm, spec_out=args.spec_out,
-                          compare=args.compare, data_dir=args.data_dir, update=args.update or "qat",
-                          device=args.device or "ideal", seed=1 if args.seed is None else args.seed, **opts)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    info = result["import"]
-    print(f"{args.model} -> {args.out} ({len(info['torch_layers'])} crossbar layers; network spec {info['spec']})")
-    c = result.get("compare")
-    if c:
-        print(f"{c['images']} test images: torch {c['torch_accuracy']:.2f}%, xbar {c['xbar_accuracy']:.2f}%, "
-              f"same prediction {c['same_predictions']}/{c['images']}, max |logit diff| {c['max_abs_logit_diff']:.3g} "
-              f"({c['max_rel_logit_diff']:.2e} of max |logit|)")
-    return 0
-
-
-# ---- xbar export -----------------------------------------------------------------------------------------
-
-def cmd_export(args) -> int:
-    from .torch import export
-    module = instantiate(args.module) if args.module else None
-    shape = parse_shape(args.example_shape) if args.example_shape else None
-    sd = export(args.run, args.model, shadow=args.shadow, module=module, example_input=shape,
-                at_seconds=args.at, compensate=args.compensate)
-    what = "shadow (float) weights" if args.shadow else "weights as programmed" + (
-        f" at {args.at:g} s" if args.at is not None else "")
-    print(f"{args.run} -> {args.model}: {len(sd)} tensors, {what}")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Register `xbar import` and `xbar export` on the CLI's subparsers."""
-    from ..cli import _add_config_options
-    from ..train.loop import FIELDS as TRAIN_FIELDS
-    i = subparsers.add_parser("import", help="bring a trained torch model onto crossbars (an .h5 run file)",
-                              description="Map a torch model onto xbar crossbar layers and program them: "
-                              "--device ideal and --update qat unless given; the run file works with xbar "
-                              "eval, cost --run, prune --init and export.")
-    i.add_argument("model", help="a torch file: a state_dict (with --module), or a whole pickled module (--trust)")
-    i.add_argument("--example-shape", required=True, metavar="C,H,W", help="one input sample's shape, e.g. 1,28,28 "
-                   "(or N for flat vectors)")
-    i.add_argument("--out", required=True, help="the run file to write (.h5)")
-    i.add_argument("--module", default=None, metavar="PACKAGE.MODULE:NAME", help="the model's class (or a "
-                   "factory without arguments) for a state_dict file; imported from the current folder first")
-    i.add_argument("--trust", action="store_true", help="allow a whole pickled module (it runs code when loaded)")
-    i.add_argument("--dataset", default=None, help="the dataset the model was trained on (default: from the "
-                   "example shape, 1,28,28 -> fmnist); recorded for eval and train")
-    i.add_argument("--data-dir", default=None)
-    i.add_argument("--batchnorm", choices=("fold", "keep"), default="fold", help="fold batch norms into the "
-                   "weights (default) or keep them as digital batch norm (trainable)")
-    i.add_argument("--spec-out", default=None, help="network spec TOML to write (default: OUT with .toml)")
-    i.add_argument("--compare", type=int, nargs="?", const=0, default=None, metavar="N",
-                   help="evaluate torch and xbar on the first N test images (all if N is omitted)")
-    i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    _add_config_options(i, [f for f in TRAIN_FIELDS if f.name in IMPORT_FIELDS])
-    i.set_defaults(func=cmd_import)
-
-    e = subparsers.add_parser("export", help="write a run's weights as a torch state_dict (.pt)")
-    e.add_argument("run", help="a run file (.h5)")
-    e.add_argument("model", help="the .pt file to write")
-    e.add_argument("--shadow", action="store_true", help="the float (shadow) weights, not the programmed ones")
-    e.add_argument("--at", type=float, default=None, help="the programmed weights this many seconds after "
-                   "programming (drift)")
-    e.add_argument("--compensate", action="store_true", help="with --at: global drift compensation")
-    e.add_argument("--module", default=None, metavar="PACKAGE.MODULE:NAME",
-                   help="name the tensors after this model's (default: the imported model's, else layers.<i>)")
-    e.add_argument("--example-shape", default=None, metavar="C,H,W", help="with --module: one input's shape")
-    e.set_defaults(func=cmd_export)
-
-
 # ---- train --init: start from a saved run ---------------------------------------------------------------
-
-def init_defaults(path: str | Path) -> dict[str, Any]:
-    """The network (spec file) and dataset a run was made with, for `xbar train --init` when the
-    command line does not give them."""
-    from ..checkpoint import load
-    cfg = load(path).config
-    return {k: cfg[k] for k in ("network", "dataset") if cfg.get(k)}
-
-
-def init_trainer(trainer, path: str | Path) -> None:
-    """Start `trainer` (a Trainer built for the same network) from the run in `path`: weights,
-    biases, pruning masks and batch norms are copied in place (the optimizer keeps its arrays),
-    then the update scheme programs the crossbars anew (seeded as the trainer's own)."""
-    from ..checkpoint import load
-    from ..train.loop import int_seed
-    run = load(path)
-    src = run.network().layers
-    net = trainer.net
-    got = [(a.kind, a.n_in, a.n_out, a.branch, a.bn is not None) for a in src]
-    want = [(b.kind, b.n_in, b.n_out, b.branch, b.bn is not None) for b in net.layers]
-    if got != want:
-        raise ConfigError(f"init = {str(path)!r}: its layers (kind, rows, columns, branch, batch norm) {got} do not "
-                          f"match network {trainer.cfg.network!r}: {want}; train the run's own network (default)")
-    for a, b in zip(src, net.layers):
-        b.set_weights(a.W, a.b)
-        if a.b is None and b.b is not None:
-            b.b[...] = 0
-        b.set_mask(a.mask)
-        if a.bn is not None:
-            b.bn.gamma[...], b.bn.beta[...] = a.bn.gamma, a.bn.beta
-            b.bn.running_mean[...], b.bn.running_var[...] = a.bn.running_mean, a.bn.running_var
-            b.bn.eps, b.bn.momentum = a.bn.eps, a.bn.momentum
-    trainer.update.attach(net, [int_seed(trainer.cfg.seed, 4 + i) for i in range(len(net.layers))],
-                          trainer.feedback)
-
 
 def train_init(config, init: str | Path, **train_kwargs) -> dict[str, Any]:
     """``xbar.train.train`` starting from the run in `init` (hardware-aware fine-tuning of an

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .mapper import Mapper
-from .trace import SUPPORTED, TorchImportError, _torch, trace
+from .trace import SUPPORTED, TorchImportError, torch_module, trace
 
 __all__ = ["SUPPORTED", "TorchImportError", "export", "from_torch", "map_module", "to_toml"]
 
@@ -71,7 +71,7 @@ def map_module(module, example_input, batchnorm: str = "fold") -> dict[str, Any]
     """Trace `module` and map it: {"spec": the network spec as TOML data, "layers": per crossbar
     layer W (in, out), b, bn and its torch names, "n_in", "n_classes", "input_shape"}; no xbar
     network is built (export uses it to name a state_dict's entries)."""
-    torch = _torch()
+    torch = torch_module()
     if not isinstance(module, torch.nn.Module):
         raise TorchImportError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if batchnorm not in BATCHNORM_MODES:
@@ -118,7 +118,7 @@ def from_torch(module, example_input, device: str = "ideal", *, update: str = "q
     """
     from ..errors import ConfigError
     from ..nn import NetworkSpec
-    torch = _torch()
+    torch = torch_module()
     unknown = set(crossbar_options) - set(CROSSBAR_OPTIONS)
     if unknown:
         raise TorchImportError(f"from_torch: unknown option(s) {', '.join(sorted(unknown))}; crossbar options: "
@@ -131,7 +131,7 @@ def from_torch(module, example_input, device: str = "ideal", *, update: str = "q
         spec = NetworkSpec.from_dict(_plain(spec_data))
     except ConfigError as exc:
         raise TorchImportError(f"{type(module).__name__} maps to a network xbar cannot build: {exc}") from None
-    from ..train.loop import stream
+    from ..train.trainer import stream
     net = spec.build(mapped["n_in"], mapped["n_classes"], stream(seed, 0))
     for layer, src in zip(net.layers, mapped["layers"]):
         layer.set_weights(src["W"].astype(np.float32), None if src["b"] is None else src["b"].astype(np.float32))
@@ -167,7 +167,7 @@ def _plain(data):
 def _program(net, device, update: str, seed: int, options: dict[str, Any]) -> None:
     """Crossbars for every layer, built and programmed as a Trainer with this config would."""
     from ..train import TrainConfig
-    from ..train.loop import int_seed, stream
+    from ..train.trainer import int_seed, stream
     from ..train.updates import make_update
     if not isinstance(device, str):
         device = getattr(device, "file", None) or getattr(device, "name", None)
@@ -277,7 +277,7 @@ def export(source, path: str | Path | None = None, *, shadow: bool = False, modu
     / ``.bias`` / ``.bn.*``. Batch norms xbar folded are written as identities (γ = 1, var = 1 − ε)
     that carry the bias where the layer has none, so the state_dict loads into the original model.
     """
-    torch = _torch()
+    torch = torch_module()
     net, names = _source_network(source, at_seconds, compensate)
     if module is not None:
         shape = example_input if example_input is not None else (net.input_shape or (net.layers[0].n_in,))

@@ -22,7 +22,7 @@ class TorchImportError(XbarError, ValueError):
     """A torch model, file or state_dict that cannot be brought onto crossbars (one line)."""
 
 
-def _torch():
+def torch_module():
     """The torch module, or a clear error: torch is an optional extra of xbar."""
     try:
         import torch

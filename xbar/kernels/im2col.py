@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import PARALLEL_MIN, njit, njit_parallel, serial_twin  # noqa: F401  (PARALLEL_MIN: for xbar.conv)
+from ._jit import njit, njit_parallel, serial_twin
 
 
 def _im2col(x, kh, kw, stride, pad, oh, ow, cols):

@@ -12,20 +12,24 @@ test_accuracy, train_accuracy, loss (train loss measured after the epoch), test_
 (mean loss over the epoch's steps), seconds (that epoch's training time, evaluation excluded),
 lr), seconds (whole run), train_seconds, config (resolved, JSON-ready), network, hardware.
 
-How to add a rule: subclass rules.Rule and return one delta per layer from
-``deltas(net, caches, e, y=None)`` using only ``layer.backward_input`` / ``layer.local_delta``
-(and your own fixed matrices, exposed through ``feedback()`` if an update scheme should round
-them); None for a layer means it sits the step out. Optional hooks: ``start_epoch(epoch)`` and
-``step()`` (train the rule's own state, e.g. synthetic-gradient modules). Add the name to
-rules.RULES and the class to rules._registry().
-How to add an update scheme: subclass updates.Update (``attach`` places weights on crossbars,
-``after_step`` runs after every optimizer step), register it in updates._UPDATES, and give it
-defaults in loop.UPDATE_DEFAULTS.
+How to add a rule: one module with a subclass of ``rule.Rule`` decorated ``@RULES.register``
+(``xbar.train.rule``): ``deltas(net, caches, e, y=None)`` returns one delta per layer using only
+``layer.backward_input`` / ``layer.local_delta`` (and your own fixed matrices, exposed through
+``feedback()`` if an update scheme should round them); None for a layer means it sits the step out.
+Optional hooks: ``setup``, ``start_epoch(epoch)``, ``step()``; its options as ``FIELDS`` (named
+``<rule>_<option>``: TrainConfig fields and ``xbar train`` flags) with ``options(cfg)``, plus
+``resolve``/``check``/``time_factor``. Import the module from ``rules.py`` to ship it.
+How to add an update scheme: one subclass of ``updates.Update`` decorated ``@UPDATES.register``:
+``attach`` places weights on crossbars, ``after_step`` runs after every optimizer step; its
+``DEFAULTS`` (what resolve fills in), ``check(setup)``, ``bias_row``, ``on_device`` and the hooks
+``on_mask_change`` (pruning) and ``state_arrays`` (checkpoints).
 """
 
-from .loop import FIELDS, TrainConfig, Trainer, evaluate, train
+from .config import FIELDS, TrainConfig
+from .loop import evaluate, train
 from .optim import OPTIMIZERS, make_optimizer
 from .rules import RULES, make_rule
+from .trainer import Trainer
 from .updates import QUANTS, UPDATES, make_update
 
 __all__ = ["FIELDS", "OPTIMIZERS", "QUANTS", "RULES", "UPDATES", "TrainConfig", "Trainer", "evaluate",

@@ -65,8 +65,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import Field
 from ..errors import ConfigError, ShapeError
-from .rules import Rule, one_hot
+from .rule import RULES, Rule, one_hot
 
 
 def gaussian_kernel(A: np.ndarray, sigma: float) -> np.ndarray:
@@ -149,6 +150,7 @@ def layer_objective(Z: np.ndarray, G: np.ndarray, sigma: float, eps: float,
     return J, grad
 
 
+@RULES.register
 class HSIC(Rule):
     """HSIC bottleneck: each hidden layer follows its own nHSIC(Z, X) − β·nHSIC(Z, Y) gradient;
     the output layer learns the loss on the (detached) hidden features.
@@ -162,6 +164,40 @@ class HSIC(Rule):
     """
 
     name = "hsic"
+    # Defaults from the official code (see the module docstring).
+    FIELDS = (
+        Field("hsic_sigma", "float", 5.0, "HSIC: Gaussian kernel width σ (kernel exp(-|a-b|²/(2σ²d))).",
+              lo=0.0, lo_open=True),
+        Field("hsic_beta", "float", 500.0, "HSIC: weight β of the label term in nHSIC(Z,X) - β nHSIC(Z,Y).",
+              lo=0.0),
+        Field("hsic_eps", "float", 1e-5, "HSIC: ridge ε of the normalised HSIC (εm is added to the "
+              "centred kernel).", lo=0.0, lo_open=True),
+        Field("hsic_epochs", "int", None, "HSIC: epochs in which the hidden layers learn (the output layer "
+              "alongside them); afterwards only the output layer trains, on the frozen features (omit: "
+              "half the epochs, rounded up).", lo=1, optional=True),
+        Field("hsic_standardise", "bool", True, "HSIC: kernels see each batch divided by its rms (in place "
+              "of the official networks' BatchNorm); false: the raw features."),
+    )
+
+    @classmethod
+    def options(cls, cfg):
+        return {"sigma": cfg.hsic_sigma, "beta": cfg.hsic_beta, "eps": cfg.hsic_eps,
+                "hsic_epochs": cfg.hsic_epochs, "standardise": cfg.hsic_standardise}
+
+    @classmethod
+    def resolve(cls, filled):
+        if filled["hsic_epochs"] is None:
+            filled["hsic_epochs"] = (filled["epochs"] + 1) // 2
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.batch_size < 2:
+            raise ConfigError(f"rule = 'hsic' with batch_size = {cfg.batch_size}: the HSIC estimator "
+                              "needs batches of at least 2 samples (the official code uses 256-512)")
+
+    @classmethod
+    def time_factor(cls, config):
+        return 1.0 + 2.0 * config.get("hsic_epochs", 0) / max(config["epochs"], 1)
 
     def __init__(self, sigma: float = 5.0, beta: float = 500.0, eps: float = 1e-5,
                  hsic_epochs: int | None = None, standardise: bool = True):

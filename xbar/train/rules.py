@@ -29,6 +29,9 @@ The protocol the trainer follows each step: ``deltas(net, caches, e, y)`` (a Non
 "this layer does not change this step": the trainer leaves it out of the optimizer), the optimizer
 step, then ``step()`` for the rule's own learnable state (SG modules). ``start_epoch(epoch)`` runs
 before every epoch (HSIC's output-only phase). Options come from the config via ``make_rule``.
+
+The base class and the registry are in :mod:`xbar.train.rule`; this module holds bp, fa and dfa
+and imports the other shipped rules (hsic, sg) so that they register.
 """
 
 from __future__ import annotations
@@ -37,58 +40,10 @@ import math
 
 import numpy as np
 
-from ..config import suggest
-from ..errors import ConfigError, ShapeError
-from ..nn import Cache, Network
-
-RULES = ("bp", "fa", "dfa", "hsic", "sg")
+from .rule import RULES, Rule, make_rule, one_hot
 
 
-def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """(m,) integer labels -> (m, n_classes) float32 one-hot rows (for rules that use labels)."""
-    out = np.zeros((len(y), n_classes), np.float32)
-    out[np.arange(len(y)), y] = 1
-    return out
-
-
-class Rule:
-    """Base class: turns the output error into per-layer deltas."""
-
-    name = ""
-
-    def setup(self, net: Network, rng: np.random.Generator) -> None:
-        """Create whatever fixed state the rule needs (feedback matrices) for `net`."""
-
-    def deltas(self, net: Network, caches: list[Cache], e: np.ndarray,
-               y: np.ndarray | None = None) -> list[np.ndarray | None]:
-        """What each layer learns from, in place of dL/da (None: the layer sits this step out).
-
-        e: dL/da of the output layer (batch, classes); y: the batch labels (batch,), for rules
-        whose signals use them (hsic, conditioned sg).
-        """
-        raise NotImplementedError
-
-    def start_epoch(self, epoch: int) -> None:
-        """Called before every epoch (1-based)."""
-
-    def step(self) -> None:
-        """Update the rule's own learnable state after the optimizer step (SG modules)."""
-
-    def feedback(self) -> list[np.ndarray]:
-        """Fixed feedback matrices (mutable, in place), for update schemes that quantize them."""
-        return []
-
-    def set_feedback(self, i: int, B) -> None:
-        """Replace feedback matrix i in place (tests set FA's B = W, DFA's B = W_{i+1}ᵀ)."""
-        current = self.feedback()
-        if not 0 <= i < len(current):
-            raise ShapeError(f"B[{i}]: rule {self.name!r} has {len(current)} feedback matrices")
-        B = np.asarray(B, dtype=np.float32)
-        if B.shape != current[i].shape:
-            raise ShapeError(f"B[{i}]: expected shape {current[i].shape}, got {B.shape}")
-        current[i][...] = B
-
-
+@RULES.register
 class BP(Rule):
     """Backpropagation: the error goes back through Wᵀ of the layer above, on its devices."""
 
@@ -104,6 +59,7 @@ class BP(Rule):
         return out
 
 
+@RULES.register
 class FA(Rule):
     """Feedback alignment: a fixed random B_{l+1} (shape of W_{l+1}) replaces W_{l+1}."""
 
@@ -132,6 +88,7 @@ class FA(Rule):
         return self.B
 
 
+@RULES.register
 class DFA(Rule):
     """Direct feedback alignment: the output error e reaches every hidden layer through B_l."""
 
@@ -156,17 +113,7 @@ class DFA(Rule):
         return self.B
 
 
-def _registry() -> dict[str, type[Rule]]:
-    # hsic and sg subclass Rule from this module, so they are imported on first use.
-    from .hsic import HSIC
-    from .sg import SG
-    return {"bp": BP, "fa": FA, "dfa": DFA, "hsic": HSIC, "sg": SG}
+# The other shipped rules register themselves on import (in this order: bp, fa, dfa, hsic, sg).
+from . import hsic, sg  # noqa: F401
 
-
-def make_rule(name: str, **options) -> Rule:
-    """A rule by name, built with its options (e.g. hsic: sigma, beta, eps, hsic_epochs; sg:
-    conditioned, lr); unknown names list the valid ones."""
-    if name not in RULES:
-        raise ConfigError(f"rule = {name!r}: expected one of {', '.join(map(repr, RULES))}"
-                          + suggest(str(name), RULES))
-    return _registry()[name](**options)
+__all__ = ["RULES", "Rule", "make_rule", "one_hot"]

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import Field
 from ..errors import ConfigError
 from .optim import Adam
-from .rules import Rule, one_hot
+from .rule import RULES, Rule, one_hot
 
 
 class SGModule:
@@ -69,6 +70,7 @@ class SGModule:
         return gs
 
 
+@RULES.register
 class SG(Rule):
     """Synthetic gradients: each hidden layer learns from its module's prediction of dL/dh.
 
@@ -77,6 +79,20 @@ class SG(Rule):
     """
 
     name = "sg"
+    FIELDS = (
+        Field("sg_conditioned", "bool", True, "SG: the synthetic-gradient modules also see the one-hot "
+              "label (cDNI); false: plain DNI."),
+        Field("sg_lr", "float", 1e-3, "SG: Adam learning rate of the (digital) synthetic-gradient modules.",
+              lo=0.0, lo_open=True),
+    )
+
+    @classmethod
+    def options(cls, cfg):
+        return {"conditioned": cfg.sg_conditioned, "lr": cfg.sg_lr}
+
+    @classmethod
+    def time_factor(cls, config):
+        return 1.3
 
     def __init__(self, conditioned: bool = True, lr: float = 1e-3):
         self.conditioned = bool(conditioned)

@@ -25,210 +25,26 @@ The range:
   in-situ updates: the levels move); with gain "column", each output column of W gets its own
   range (a digital gain per column).
 
-In-situ schemes (the weights *are* the devices; the stored W and b are the devices' effective
-weights, ``Crossbar.weights()`` / ``bias_weights()``, re-read after every step; biases sit on an
-extra array row of the same crossbar, ``bias="row"``, and are updated like the weights):
-
-- ``mixed`` (Nandakumar et al., Front. Neurosci. 2020, "Mixed-precision deep learning based on
-  computational memory"; ISCAS 2018): the optimizer's update Δw of every weight and bias goes
-  into a digital float64 accumulator χ. The threshold ε is one device step in weight units,
-  derived from the layer's fixed grid: on a pulse device, the nominal (linear-equivalent) change
-  of one pulse, ε = α·(g_max − g_min)/(pulse_levels − 1) = m/(pulse_levels − 1) for the range
-  [−m, m]; on a device with uniform levels, one level, ε = m/(L − 1) (quant "device"; the
-  asymm/symm grids use their own spacing). Then n = trunc(χ/ε) steps are applied (n pulses
-  through ``Crossbar.pulse``, nonlinear response and c2c noise included; or n levels, by
-  reprogramming the cells whose level changed) and χ −= n·ε. As in the paper, the nominal n·ε is
-  subtracted, not the device's actual change (there is no verify), and χ starts at zero.
-- ``pulse`` (NeuroSim V3.0's in-situ SGD): every step's Δw becomes n = round(Δw/(w_max −
-  w_min)·levels) pulses at once, with w_max − w_min = α·(g_max − g_min), the weight span of one
-  device, and levels = pulse_levels − 1, the pulses across it (NeuroSim's device model), i.e. n = round(Δw/ε)
-  with the ε above. No accumulator: |Δw| < ε/2 is lost, as in the paper. Needs pulse_levels.
-
-A signed count on a differential pair (G+, G−), w = α(G+ − G−): n > 0 first depresses G−
-towards g_min (along its LTD curve, as many pulses as bring it there) and spends the rest
-potentiating G+ (LTP); n < 0 is the mirror image. One device of a pair thus rests at g_min and
-the other carries |w|, as at programming, and each weight behaves like one bidirectional device
-over [−m, m], crossing zero by handing over to the other device: NeuroSim's LTP-for-positive /
-LTD-for-negative model, with no refresh needed (a device saturates only when |w| reaches m).
-The pulses that bring a device to g_min are computed from the nominal window (a controller does
-not know each device's spread).
-
-Both need a fixed grid: range "global" or "init" (a level that moves under range "local" makes
-pulses meaningless).
+The in-situ schemes (mixed, pulse) are in :mod:`xbar.train.insitu`; the base class, the device
+setup, the grid and the registry in :mod:`xbar.train.update`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from .. import mapping as mp
-from ..config import suggest
-from ..crossbar import Crossbar
-from ..device import Device, pulse_curve_a, pulse_number
-from ..errors import ConfigError
-from ..nn import Network
-
-UPDATES = ("float", "nearest", "stochastic", "qat", "mixed", "pulse")
-QUANTS = ("device", "asymm", "symm")
-RANGES = ("global", "init", "local")
+from .update import QUANTS, RANGES, UPDATES, DeviceSetup, Update, grid_range, make_update, round_to_grid
 
 
-@dataclass(frozen=True)
-class DeviceSetup:
-    """How every layer's crossbar is built (one seed per layer comes from the caller).
-
-    device: the device, with the `bits` override already applied.
-    bits: quantizer bits (asymm/symm), or the device's bits; None only for quant "device".
-    quant: "device", "asymm" or "symm" (see the module docstring).
-    range: "global", "init" or "local"; w_range: the global range (lo, hi); gain: "layer" or
-        "column" (per-column ranges under "local"); range_scale: m_l / max|W_l(0)| under "init".
-    tile, adc_bits, dac_bits: crossbar geometry and periphery.
-    """
-
-    device: Device
-    bits: int | None
-    quant: str
-    range: str
-    w_range: tuple[float, float]
-    gain: str
-    tile: tuple[int, int] = (64, 64)
-    adc_bits: int | None = None
-    dac_bits: int | None = None
-    range_scale: float = 2.0
-    options: dict | None = dataclasses.field(default=None, hash=False)   # wires and ADC errors: Crossbar keywords
-
-    def for_layer(self, layer) -> DeviceSetup:
-        """This setup with the layer's own device bits (``layer.bits``, set by a network spec's
-        per-layer ``bits``: binarized networks keep the first and last layers wider), else itself."""
-        bits = getattr(layer, "bits", None)
-        if bits is None or (bits == self.bits and self.device.bits == bits):
-            return self
-        return dataclasses.replace(self, device=self.device.with_(bits=bits), bits=bits)
-
-    def fixed_for(self, x: np.ndarray) -> DeviceSetup:
-        """Under range "init": this setup with a global range fixed from tensor x; else itself."""
-        if self.range != "init":
-            return self
-        m = self.range_scale * float(np.max(np.abs(x))) if x.size else 0.0
-        if not m > 0:
-            m = max(abs(self.w_range[0]), abs(self.w_range[1]))
-        return dataclasses.replace(self, range="global", w_range=(-m, m))
-
-    def crossbar(self, seed: int, bias: str = "digital") -> Crossbar:
-        """A crossbar for one layer; bias "row" puts the bias on an extra row of devices."""
-        quant = None if self.quant == "device" else self.quant
-        return Crossbar(self.device, tile=self.tile, adc_bits=self.adc_bits, dac_bits=self.dac_bits,
-                        seed=seed, range=self.range, w_range=self.w_range, quant=quant,
-                        quant_bits=self.bits if quant else None, gain=self.gain, bias=bias, **(self.options or {}))
-
-    def steps(self) -> int:
-        """n in the rounding formulas: asymm 2^b - 1 steps over [lo, hi]; symm 2^(b-1) - 1 and
-        device L - 1 steps on each side of zero."""
-        if self.quant == "asymm":
-            return 2 ** self.bits - 1
-        if self.quant == "symm":
-            if self.bits < 2:
-                raise ConfigError("quant = 'symm' needs bits >= 2 (2^(n-1) - 1 = 0 levels at n = 1)")
-            return 2 ** (self.bits - 1) - 1
-        L = self.device.n_levels
-        if L is None:
-            raise ConfigError(f"device {self.device.name!r} is analog: rounding to its levels needs "
-                              "bits (set bits, or use update 'qat')")
-        if not self.device.is_uniform:
-            raise ConfigError(f"device {self.device.name!r} has measured, non-uniform levels: the "
-                              "rounding updates need uniform levels (set bits)")
-        return L - 1
-
-
-# ---- rounding onto the grid --------------------------------------------------------------------
-
-def grid_range(x: np.ndarray, setup: DeviceSetup, columns: bool):
-    """(lo, hi) of the grid for tensor x: scalars, or (out,) arrays when `columns` (local range).
-
-    Symmetric grids (symm, device) use (-m, m) with m = max|x| (local) or max|w_range| (global).
-    """
-    sym = setup.quant != "asymm"
-    if setup.range == "global":
-        lo, hi = setup.w_range
-        if sym:
-            m = max(abs(lo), abs(hi))
-            lo, hi = -m, m
-        return x.dtype.type(lo), x.dtype.type(hi)
-    axis = 0 if columns else None
-    if sym:
-        m = np.max(np.abs(x), axis=axis)
-        return -m, m
-    return np.min(x, axis=axis), np.max(x, axis=axis)
-
-
-def round_to_grid(x: np.ndarray, setup: DeviceSetup, u: np.ndarray | None = None,
-                  columns: bool = False) -> np.ndarray:
-    """Nearest (u None) or stochastic (q = floor(t + u)) rounding of x onto the setup's grid.
-
-    Arithmetic is in x's dtype in the seed quantizers' order: asymm t = (clip(x) - lo) n/(hi - lo),
-    x̂ = q (hi - lo)/n + lo; symmetric t = clip(x) n/m, x̂ = q m/n. A degenerate range (hi == lo,
-    m == 0) leaves x unchanged, per tensor or per column.
-    """
-    if setup.range == "init":
-        raise ConfigError("range 'init' must be fixed per layer first (DeviceSetup.fixed_for)")
-    if u is None and not columns and setup.quant != "device":
-        # The seed study's own functions, so nearest rounding matches them bit for bit.
-        return mp.quantize(x, setup.bits, setup.quant, setup.range, setup.w_range)
-    dt = x.dtype.type
-    n = dt(setup.steps())
-    lo, hi = grid_range(x, setup, columns)
-    span = hi - lo
-    ok = span > 0
-    safe = np.where(ok, span, dt(1))
-    if setup.quant == "asymm":
-        t = (np.clip(x, lo, hi) - lo) * n / safe
-        q = np.round(t) if u is None else np.clip(np.floor(t + u), 0, n)
-        out = q * safe / n + lo
-    else:
-        m = np.where(ok, hi, dt(1))
-        t = np.clip(x, -m, m) * n / m
-        q = np.round(t) if u is None else np.clip(np.floor(t + u), -n, n)
-        out = q * m / n
-    if not np.all(ok):
-        out = np.where(ok, out, x)
-    return out.astype(x.dtype, copy=False)
-
-
-# ---- the schemes -------------------------------------------------------------------------------
-
-class Update:
-    """Base class. attach() places the weights; after_step() runs after every optimizer step.
-
-    self.setups holds one DeviceSetup per layer (they differ only under range "init").
-    """
-
-    name = ""
-    on_device = True
-
-    def __init__(self, setup: DeviceSetup | None, rng: np.random.Generator | None = None):
-        self.setup = setup
-        self.rng = rng
-        self.setups: list[DeviceSetup] = []
-
-    def attach(self, net: Network, seeds: list[int], feedback: list[np.ndarray]) -> None:
-        """Give every layer a crossbar (seeded per layer) and program the initial weights."""
-        self.setups = [self.setup.for_layer(layer).fixed_for(layer.W) for layer in net.layers]
-        for layer, setup, seed in zip(net.layers, self.setups, seeds):
-            layer.crossbar = setup.crossbar(seed)
-            layer.program()
-
-    def after_step(self, net: Network, feedback: list[np.ndarray]) -> None:
-        raise NotImplementedError
-
-
+@UPDATES.register
 class FloatUpdate(Update):
     """No device: the optimizer's step is the whole update."""
 
     name = "float"
     on_device = False
+    DEFAULTS: ClassVar[dict] = {"quant": None, "range": None, "gain": None}
 
     def attach(self, net, seeds, feedback):
         for layer in net.layers:
@@ -238,21 +54,17 @@ class FloatUpdate(Update):
         pass
 
 
-class QATUpdate(Update):
-    """Float shadow weights; the crossbar is reprogrammed from them after every step (STE)."""
-
-    name = "qat"
-
-    def after_step(self, net, feedback):
-        for layer in net.layers:
-            layer.program()
-
-
+@UPDATES.register
 class NearestUpdate(Update):
     """The seed study: round weights and biases to the nearest level after every step."""
 
     name = "nearest"
+    DEFAULTS: ClassVar[dict] = {"quant": "asymm", "range": "global", "gain": "layer"}
     rounds_feedback = True
+
+    @classmethod
+    def check(cls, setup):
+        setup.steps()   # analog or non-uniform devices cannot be rounded onto
 
     def _round(self, x: np.ndarray, setup: DeviceSetup, columns: bool) -> np.ndarray:
         return round_to_grid(x, setup, columns=columns)
@@ -279,6 +91,7 @@ class NearestUpdate(Update):
             layer.program()
 
 
+@UPDATES.register
 class StochasticUpdate(NearestUpdate):
     """Stochastic rounding onto the same grid: unbiased, q = floor(x/s + u), u ~ U[0, 1).
 
@@ -286,6 +99,7 @@ class StochasticUpdate(NearestUpdate):
     """
 
     name = "stochastic"
+    DEFAULTS: ClassVar[dict] = {"quant": "device", "range": "init", "gain": "layer", "lr_gamma": 0.9}
     rounds_feedback = False
 
     def _round(self, x, setup, columns):
@@ -293,255 +107,32 @@ class StochasticUpdate(NearestUpdate):
         return round_to_grid(x, setup, u=u, columns=columns)
 
 
-# ---- in-situ schemes: mixed precision and plain pulses ---------------------------------------------
+@UPDATES.register
+class QATUpdate(Update):
+    """Float shadow weights; the crossbar is reprogrammed from them after every step (STE)."""
 
-def pulse_devices() -> list[str]:
-    """Device presets that have a pulse response (pulse_levels), for error messages."""
-    out = []
-    for name in Device.presets():
-        try:
-            if Device.preset(name).pulse_levels is not None:
-                out.append(name)
-        except ConfigError:
-            continue   # a broken user preset must not hide the useful message
-    return out
-
-
-def check_insitu(name: str, setup: DeviceSetup) -> None:
-    """Fail early (ConfigError) when `setup` cannot carry update scheme `name` ("mixed"/"pulse")."""
-    dev = setup.device
-    if setup.range == "local":
-        raise ConfigError(f"update = {name!r} changes the devices in place and needs a fixed grid: "
-                          "range 'init' or 'global', not 'local' (a moving range moves every level)")
-    if dev.pulse_levels is not None:
-        if setup.quant != "device":
-            raise ConfigError(f"update = {name!r} on pulse device {dev.name!r} steps the device itself: "
-                              f"use quant = 'device' (not {setup.quant!r})")
-        return
-    if name == "pulse":
-        raise ConfigError(f"update = 'pulse' needs a device with a pulse response (pulse_levels); device "
-                          f"{dev.name!r} has none. Presets that have one: {', '.join(pulse_devices())}")
-    if dev.n_levels is None:
-        raise ConfigError(f"update = {name!r} needs a device step: device {dev.name!r} is analog; set bits, "
-                          f"or use a device with pulse_levels ({', '.join(pulse_devices())})")
-    setup.steps()   # uniform levels, symm bits >= 2
-
-
-def pulse_count(dw: np.ndarray, span: float, levels: int) -> np.ndarray:
-    """NeuroSim's pulses per update, n = round(Δw / (w_max − w_min) · levels) (NeuroSim V3.0).
-
-    span: w_max − w_min, the weight range one device covers (α·(g_max − g_min)); levels: the
-    pulses across it (pulse_levels − 1). Ties round to even (numpy's rint), symmetric in sign.
-    """
-    return np.rint(np.asarray(dw, dtype=np.float64) * (levels / span))
-
-
-def pulses_to_floor(g: np.ndarray, device: Device) -> np.ndarray:
-    """Depression pulses that bring conductance g (µS) down to g_min along the LTD curve.
-
-    The LTD curve is the LTP curve's mirror image from g_max (as in Crossbar.pulse), so from g the
-    device sits at pulse number P(g_min + g_max − g) of it; g_min is P_max. Nominal window, rounded
-    up (a fraction of a pulse still needs one pulse; the floor absorbs the excess).
-    """
-    d = device
-    a = pulse_curve_a(d.nonlinearity_ltd, d.pulse_levels)
-    mirror = d.g_min_us + d.g_max_us - np.clip(g, d.g_min_us, d.g_max_us)
-    left = (d.pulse_levels - 1) - pulse_number(mirror, a, d.pulse_levels, d.g_min_us, d.g_max_us)
-    return np.maximum(np.ceil(left - 1e-6), 0.0)
-
-
-def split_pair(n: np.ndarray, gp: np.ndarray, gn: np.ndarray, device: Device) -> tuple[np.ndarray, np.ndarray]:
-    """Signed pulse counts n per weight -> (pulses for G+, pulses for G−), each > 0 LTP, < 0 LTD.
-
-    n > 0 depresses G− down to g_min first, then potentiates G+ with what is left; n < 0 the
-    mirror image (see the module docstring).
-    """
-    up = np.maximum(n, 0.0)
-    down = np.maximum(-n, 0.0)
-    dep_neg = np.minimum(up, pulses_to_floor(gn, device))
-    dep_pos = np.minimum(down, pulses_to_floor(gp, device))
-    return (up - dep_neg) - dep_pos, (down - dep_pos) - dep_neg
-
-
-@dataclass
-class LayerState:
-    """One layer of an in-situ scheme: the stacked [W; b] layout of its crossbar rows.
-
-    eps: one device step in weight units; chi: the accumulator (mixed only), float64;
-    prev: the stored weights as last written (float32 values, held as float64), to recover the
-    optimizer's Δw;
-    level path only: k, the integer grid index of every cell, target = off + k·eps, k in [k_lo, k_hi].
-    """
-
-    eps: float
-    pulsed: bool
-    prev: np.ndarray
-    chi: np.ndarray | None = None
-    k: np.ndarray | None = None
-    off: float = 0.0
-    k_lo: int = 0
-    k_hi: int = 0
-
-
-class InSituUpdate(Update):
-    """Base of mixed and pulse: weights and biases live on the devices and move in device steps.
-
-    counters: "pulses" (pulses applied, both devices of all pairs), "writes" (device write
-    events: a pair that received pulses, or a cell reprogrammed to a new level), "steps".
-    """
-
-    accumulate = False
-
-    def __init__(self, setup, rng=None):
-        super().__init__(setup, rng)
-        check_insitu(self.name, setup)
-        self.states: list[LayerState] = []
-        self.counters = {"pulses": 0, "writes": 0, "steps": 0}
-
-    def attach(self, net, seeds, feedback):
-        self.setups = [self.setup.for_layer(layer).fixed_for(layer.W) for layer in net.layers]
-        self.states = []
-        for layer, setup, seed in zip(net.layers, self.setups, seeds):
-            layer.crossbar = setup.crossbar(seed, bias="row")
-            stacked = _stack(layer.stored_weights(), layer.b)
-            m = max(abs(setup.w_range[0]), abs(setup.w_range[1]))
-            if setup.device.pulse_levels is not None:
-                st = LayerState(eps=m / (setup.device.pulse_levels - 1), pulsed=True, prev=stacked)
-                layer.program()
-            else:
-                n = setup.steps()
-                if setup.quant == "asymm":
-                    lo, hi = setup.w_range
-                    st = LayerState(eps=(hi - lo) / n, pulsed=False, prev=stacked, off=lo, k_lo=0, k_hi=n)
-                else:
-                    st = LayerState(eps=m / n, pulsed=False, prev=stacked, k_lo=-n, k_hi=n)
-                st.k = np.clip(np.rint((stacked - st.off) / st.eps), st.k_lo, st.k_hi)
-                _program_stacked(layer, st.off + st.k * st.eps)
-            if self.accumulate:
-                st.chi = np.zeros(stacked.shape, dtype=np.float64)
-            self.states.append(st)
-            self._store(layer, st)
-
-    def counts(self, st: LayerState, delta: np.ndarray) -> np.ndarray:
-        """Signed device steps (float64 integers) for the update delta of one layer."""
-        raise NotImplementedError
-
-    def apply_mask(self, i: int, layer, old: np.ndarray) -> None:
-        """Layer i just lost the weights in `old & ~layer.mask` (pruning): write those cells to
-        weight 0, clear their accumulators, and leave every other cell's conductance as it is."""
-        st = self.states[i]
-        gone = np.zeros(st.prev.shape, bool)
-        gone[:layer.n_in] = old & ~layer.mask
-        if st.pulsed:
-            layer.program(cells=gone[:layer.n_in])
-        else:
-            st.k[gone] = np.clip(np.rint((0.0 - st.off) / st.eps), st.k_lo, st.k_hi)
-            _program_stacked(layer, st.off + st.k * st.eps, cells=gone)
-        if st.chi is not None:
-            st.chi[gone] = 0.0
-        self._store(layer, st)
-        layer.W *= layer.mask
+    name = "qat"
+    DEFAULTS: ClassVar[dict] = {"quant": "device", "range": "local", "gain": "column", "lr_gamma": 0.9}
 
     def after_step(self, net, feedback):
-        self.counters["steps"] += 1
-        for layer, st in zip(net.layers, self.states):
-            delta = _stack(layer.W, layer.b).astype(np.float64) - st.prev
-            n = self.counts(st, delta)
-            if layer.mask is not None:
-                n[:layer.n_in][~layer.mask] = 0.0
-            if np.any(n):
-                if st.pulsed:
-                    self._pulse(layer, n)
-                else:
-                    self._relevel(layer, st, n)
-                self._store(layer, st)
-            else:
-                layer.W[...] = st.prev[:layer.n_in]
-                if layer.b is not None:
-                    layer.b[...] = st.prev[layer.n_in]
-
-    def _pulse(self, layer, n):
-        xb = layer.crossbar
-        gp, gn = xb.conductances()
-        n_pos, n_neg = split_pair(n, gp[0], gn[0], xb.device)
-        xb.pulse(n_pos, n_neg)
-        self.counters["pulses"] += int(np.abs(n_pos).sum() + np.abs(n_neg).sum())
-        self.counters["writes"] += int(np.count_nonzero(n))
-
-    def _relevel(self, layer, st, n):
-        k = np.clip(st.k + n, st.k_lo, st.k_hi)
-        changed = k != st.k
-        if layer.crossbar.has_write_noise:
-            # Physically only the changed cells are written, so only they get a fresh write-noise draw.
-            _program_stacked(layer, st.off + k * st.eps, cells=changed)
-        else:
-            _program_stacked(layer, st.off + k * st.eps)
-        st.k = k
-        self.counters["writes"] += int(np.count_nonzero(changed))
-
-    def _store(self, layer, st):
-        """Stored weights := the devices' effective weights; remember them to see the next Δw."""
-        xb = layer.crossbar
-        layer.W[...] = xb.weights()
-        if layer.b is not None:
-            layer.b[...] = xb.bias_weights()
-        st.prev = _stack(layer.W, layer.b).astype(np.float64)
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays worth saving with a run (accumulators, level indices), by name."""
-        out = {}
-        for i, st in enumerate(self.states):
-            if st.chi is not None:
-                out[f"chi_{i}"] = st.chi
-            if st.k is not None:
-                out[f"k_{i}"] = st.k
-        return out
+        for layer in net.layers:
+            layer.program()
 
 
-class MixedUpdate(InSituUpdate):
-    """Mixed precision: χ += Δw; n = trunc(χ/ε) device steps; χ −= n·ε (Nandakumar et al.)."""
+# The in-situ schemes register after these (registry order: float, nearest, stochastic, qat, mixed, pulse).
+from .insitu import (
+    InSituUpdate,
+    LayerState,
+    MixedUpdate,
+    PulseUpdate,
+    check_insitu,
+    pulse_count,
+    pulse_devices,
+    pulses_to_floor,
+    split_pair,
+)
 
-    name = "mixed"
-    accumulate = True
-
-    def counts(self, st, delta):
-        st.chi += delta
-        n = np.trunc(st.chi / st.eps)
-        st.chi -= n * st.eps
-        return n
-
-
-class PulseUpdate(InSituUpdate):
-    """Plain pulsed SGD (NeuroSim): n = round(Δw/ε) pulses per step, no accumulator."""
-
-    name = "pulse"
-
-    def counts(self, st, delta):
-        span = st.eps * (self.setup.device.pulse_levels - 1)
-        return pulse_count(delta, span, self.setup.device.pulse_levels - 1)
-
-
-def _stack(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """[W; b] in the crossbar's row layout (the bias row last), as a new array."""
-    return np.array(W) if b is None else np.vstack([W, b[None, :]])
-
-
-def _program_stacked(layer, target: np.ndarray, cells: np.ndarray | None = None) -> None:
-    n_in = layer.n_in
-    layer.crossbar.program(target[:n_in], None if layer.b is None else target[n_in], cells=cells)
-
-
-_UPDATES = {"float": FloatUpdate, "nearest": NearestUpdate, "stochastic": StochasticUpdate, "qat": QATUpdate,
-            "mixed": MixedUpdate, "pulse": PulseUpdate}
-
-
-def make_update(name: str, setup: DeviceSetup | None, rng: np.random.Generator | None = None) -> Update:
-    """An update scheme by name; unknown names list the valid ones."""
-    if name not in _UPDATES:
-        raise ConfigError(f"update = {name!r}: expected one of {', '.join(map(repr, UPDATES))}"
-                          + suggest(str(name), UPDATES))
-    if name != "float" and setup is None:
-        raise ConfigError(f"update = {name!r} needs a device setup")
-    if name in ("nearest", "stochastic"):
-        setup.steps()   # fail early on analog or non-uniform devices
-    return _UPDATES[name](setup, rng)
+__all__ = ["QUANTS", "RANGES", "UPDATES", "DeviceSetup", "FloatUpdate", "InSituUpdate", "LayerState",
+           "MixedUpdate", "NearestUpdate", "PulseUpdate", "QATUpdate", "StochasticUpdate", "Update",
+           "check_insitu", "grid_range", "make_update", "pulse_count", "pulse_devices", "pulses_to_floor",
+           "round_to_grid", "split_pair"]

@@ -1,0 +1,7 @@
+"""`python -m xbar.cli ...`, as the `xbar` script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

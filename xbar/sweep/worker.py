@@ -1,0 +1,224 @@
+"""One run in a worker process (train, or train once and prune), its record for the journal, and
+the rough time estimates behind --dry-run and the ETA."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..store import run_key
+from .spec import HIST_BINS, prune_fields
+
+# ---- running one run (in a worker process) ----------------------------------------------------------
+
+_DATA: dict[tuple, tuple] = {}
+
+
+def _data(dataset: str, data_dir):
+    from .. import data as xdata
+    key = (dataset, data_dir)
+    if key not in _DATA:
+        _DATA.clear()   # one dataset at a time per worker: memory stays bounded
+        _DATA[key] = (xdata.load(dataset, "train", data_dir) + xdata.load(dataset, "test", data_dir))
+    return _DATA[key]
+
+
+def _single_thread():
+    """Each worker computes on one core (processes are the parallelism), whoever started it."""
+    try:
+        import numba
+        numba.set_num_threads(1)
+    except Exception:   # noqa: BLE001 - a numba without threads support is fine
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1)
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def layer_probe(net) -> dict[str, Any]:
+    """Per-layer ranges after an epoch: stored weights and programmed conductances (µS)."""
+    import numpy as np
+    w_min, w_max, g_min, g_max = [], [], [], []
+    for layer in getattr(net, "layers", []):
+        if not hasattr(layer, "stored_weights"):
+            continue
+        W = layer.stored_weights()
+        w_min.append(float(np.min(W)))
+        w_max.append(float(np.max(W)))
+        xb = getattr(layer, "crossbar", None)
+        if xb is not None:
+            gp, gn = xb.conductances()
+            g_min.append(float(min(gp.min(), gn.min())))
+            g_max.append(float(max(gp.max(), gn.max())))
+        else:
+            g_min.append(float("nan"))
+            g_max.append(float("nan"))
+    return {"layers": {"w_min": w_min, "w_max": w_max, "g_min": g_min, "g_max": g_max}}
+
+
+def _histograms(net) -> list[dict[str, list]]:
+    import numpy as np
+    out = []
+    for layer in getattr(net, "layers", []):
+        xb = getattr(layer, "crossbar", None)
+        if xb is None:
+            continue
+        gp, gn = xb.conductances()
+        g = np.concatenate([np.ravel(gp), np.ravel(gn)])
+        lo, hi = xb.device.g_min_us, xb.device.g_max_us
+        lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
+        counts, edges = np.histogram(g, bins=HIST_BINS, range=(lo, hi))
+        out.append({"counts": counts.tolist(), "edges": edges.tolist()})
+    return out
+
+
+def environment() -> dict[str, str]:
+    import numba
+    import numpy as np
+
+    from ..version import __version__
+    return {"xbar_version": __version__, "numpy_version": np.__version__, "numba_version": numba.__version__,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def run_one(payload: dict[str, Any]) -> dict[str, Any]:
+    """Train one run and return its store record; never raises (errors become status 'error')."""
+    from .._runtime import tune_allocator
+    from ..train.loop import train
+    tune_allocator()
+    cfg = payload["config"]
+    rec: dict[str, Any] = {"key": payload["key"], "point": payload.get("point", {}), "config": cfg,
+                           "env": environment()}
+    start = time.perf_counter()
+    if cfg.get("command") == "prune":
+        _prune_one(cfg, rec, payload.get("cache"))
+        rec["wall_seconds"] = time.perf_counter() - start
+        rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return rec
+    try:
+        with _single_thread():
+            data = _data(cfg["dataset"], cfg.get("data_dir"))
+            res = train(cfg, data=data, probe=layer_probe, keep_trainer=True)
+        trainer = res.pop("_trainer")
+        rec.update(status=res["status"], message=res["message"], test_accuracy=res["test_accuracy"],
+                   train_accuracy=res["train_accuracy"], history=res["history"],
+                   train_seconds=res["train_seconds"], histograms=_histograms(trainer.net))
+        if res["status"] == "diverged":
+            rec["diverged_epoch"] = diverged_epoch(res)
+    except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
+        rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
+                   traceback=traceback.format_exc(limit=20))
+    rec["wall_seconds"] = time.perf_counter() - start
+    rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return rec
+
+
+def diverged_epoch(res: dict[str, Any]) -> int | None:
+    """The epoch a diverged run exploded in: the training loop's own field, else read from its
+    message ("... at epoch 3, step 7", "... after epoch 3"), else the first epoch not recorded."""
+    import re
+    if res.get("diverged_epoch") is not None:
+        return int(res["diverged_epoch"])
+    m = re.search(r"\bepoch (\d+)", res.get("message") or "")
+    return int(m.group(1)) if m else len(res.get("history") or []) + 1
+
+
+def _pretrained(tcfg, data, cache: str | None) -> str | None:
+    """A checkpoint of the network every pruning point of this train config starts from, trained
+    once and shared through the sweep's cache folder (None: no cache, each point trains)."""
+    if not cache:
+        return None
+    from ..checkpoint import save
+    from ..train.loop import train
+    path = Path(cache) / f"pretrain-{run_key(tcfg.as_dict())}.h5"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = train(tcfg, data=data, keep_trainer=True)
+        if res["status"] != "ok":
+            return None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save(str(tmp), res.pop("_trainer"), tcfg, res)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _prune_one(cfg: dict[str, Any], rec: dict[str, Any], cache: str | None) -> None:
+    from ..prune import prune
+    from ..train.loop import TrainConfig
+    pnames = prune_fields()
+    try:
+        with _single_thread():
+            data = _data(cfg["dataset"], cfg.get("data_dir"))
+            tcfg = TrainConfig.from_dict({k: v for k, v in cfg.items() if k not in pnames and k != "command"})
+            pcfg = {k: v for k, v in cfg.items() if k in pnames}
+            if not pcfg.get("init"):
+                pcfg["init"] = _pretrained(tcfg.resolve(), data, cache)
+            res = prune(tcfg, pcfg, data=data)
+        after, before = res.get("hardware_after") or {}, res.get("hardware_before") or {}
+        metrics = {"accuracy_before": res.get("accuracy_before"), "accuracy_drop": res.get("accuracy_drop"),
+                   "sparsity_result": res.get("sparsity"), "tiles": res.get("tiles"),
+                   "energy_pj": res.get("energy_pj")}
+        for k in ("devices", "tiles", "adc_conversions", "energy_pj"):
+            if k in before:
+                metrics[f"{k}_before"] = before[k]
+                metrics[f"{k}_after"] = after.get(k)
+        rec.update(status="ok" if res["status"] == "ok" else res["status"], message=res.get("message", ""),
+                   test_accuracy=res.get("test_accuracy"), train_accuracy=None, metrics=metrics,
+                   history=[{"epoch": r["round"], "test_accuracy": r.get("test_accuracy")} for r in res.get("rounds", [])],
+                   train_seconds=res.get("seconds"))
+        if res["status"] == "diverged":
+            rec["diverged_epoch"] = diverged_epoch(res)
+    except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
+        rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
+                   traceback=traceback.format_exc(limit=20))
+
+
+# ---- estimates ------------------------------------------------------------------------------------
+
+_TRAIN_SIZE = {"fmnist": 60000, "mnist": 60000, "cifar10": 50000, "digits": 1437}
+# Seconds, fitted on this project's 2-core dev machine, one core per run (README, "Sweeps"):
+# float epoch = n MACs A + steps layers B; on-device updates add steps (layers C + weights D).
+_A, _B, _C, _D = 6.3e-11, 2.5e-5, 5.0e-5, 2.7e-9
+
+
+def estimate_seconds(config: dict[str, Any]) -> float:
+    """A rough single-core time for a run, for --dry-run and the ETA (not a promise)."""
+    from .. import data as xdata
+    from ..nn import NetworkSpec
+    from ..train import RULES, UPDATES
+    n = _TRAIN_SIZE.get(config["dataset"], 10000)
+    if config.get("train_limit"):
+        n = min(n, config["train_limit"])
+    try:
+        shape = xdata.image_shape(config["dataset"])
+        widths = NetworkSpec.preset(config["network"]).widths(math.prod(shape), xdata.num_classes(config["dataset"]))
+        macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+        layers = len(widths) - 1
+    except Exception:   # noqa: BLE001 - a network without widths (conv): a generous guess
+        macs, layers = 500_000, 6
+    steps = math.ceil(n / config["batch_size"])
+    epoch = n * macs * _A + steps * layers * _B
+    epoch += UPDATES.get(config["update"]).time_factor(config) * steps * (layers * _C + macs * _D)
+    if config.get("adc_bits") or config.get("dac_bits"):
+        epoch *= 3.0
+    epoch *= RULES.get(config["rule"]).time_factor(config)
+    evals = (n if config.get("eval_train", True) else 0) + 10000
+    total = config["epochs"] * (epoch + evals * macs * _A * 0.7) + 0.5
+    if config.get("command") == "prune":   # pretraining is shared; retraining rounds are not
+        total = total / 8 + config.get("rounds", 1) * config.get("retrain_epochs", 1) * epoch * 1.5
+    return total
+
+
+def fmt_time(s: float) -> str:
+    s = round(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
