@@ -9,6 +9,7 @@ import pytest
 from xbar import Crossbar, Device
 from xbar import conv as xc
 from xbar.errors import ConfigError, ShapeError
+from xbar.kernels import _jit as J
 from xbar.kernels import im2col as K
 from xbar.nn import NetworkSpec
 from xbar.train.hsic import layer_objective
@@ -56,7 +57,7 @@ GEOMS = [  # (B, H, W, C, kernel, stride, padding): 1x1, batch 1, non-square, st
 @pytest.fixture(params=["parallel", "serial"])
 def force(request, monkeypatch):
     """Run the wrappers with the parallel kernels (threshold 0) or the serial ones (never parallel)."""
-    monkeypatch.setattr(K, "PARALLEL_MIN", 0 if request.param == "parallel" else 1 << 62)
+    monkeypatch.setattr(J, "PARALLEL_MIN", 0 if request.param == "parallel" else 1 << 62)
     return request.param
 
 

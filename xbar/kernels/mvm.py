@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import njit, njit_parallel, serial_twin
-from .rng import _GOLDEN, _MASK7, _S32, _normal_slow, mix64, stream_key
+from .rng import GOLDEN, MASK7, S32, mix64, normal_slow, stream_key
 
 
 def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn, wn, fn, wn32, out, clipped):
@@ -52,18 +52,18 @@ def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn
                 base = np.uint64((t * B + b) * N)
                 nrej = 0
                 for j in range(N):
-                    h0 = mix64(key + (base + np.uint64(j)) * _GOLDEN)
-                    iz = h0 & _MASK7
-                    hz = np.int32(np.uint32(h0 >> _S32))
+                    h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
+                    iz = h0 & MASK7
+                    hz = np.int32(np.uint32(h0 >> S32))
                     z[j] = np.float32(hz) * wn32[iz]
                     nrej += abs(np.int64(hz)) >= kn[iz]
                 if nrej:
                     for j in range(N):
-                        h0 = mix64(key + (base + np.uint64(j)) * _GOLDEN)
-                        iz = np.int64(h0 & _MASK7)
-                        hz = np.int64(np.int32(np.uint32(h0 >> _S32)))
+                        h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
+                        iz = np.int64(h0 & MASK7)
+                        hz = np.int64(np.int32(np.uint32(h0 >> S32)))
                         if abs(hz) >= kn[iz]:
-                            z[j] = _normal_slow(h0, iz, hz, kn, wn, fn)
+                            z[j] = normal_slow(h0, iz, hz, kn, wn, fn)
                 for j in range(N):
                     cur[j] = M[t, b, j] + math.sqrt(max(V[t, b, j], np.float32(0.0))) * z[j]
             else:
@@ -123,8 +123,7 @@ def _dac_dynamic(X, xs, scale):
         m = np.float32(0.0)
         for j in range(N):
             v = abs(X[b, j])
-            if v > m:
-                m = v
+            m = max(m, v)
         if not m >= np.float32(1.1754944e-38):
             m = np.float32(1.0)
         scale[b, 0] = m

@@ -16,14 +16,14 @@ from numba import prange
 
 from ._jit import njit, njit_inline, njit_parallel, serial_twin
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_S32 = np.uint64(32)
-_MASK7 = np.uint64(127)
+S32 = np.uint64(32)
+MASK7 = np.uint64(127)
 _R = 3.442619855899  # start of the tail of the 128-layer ziggurat
 
 
@@ -67,13 +67,13 @@ def mix64(z):
 @njit
 def stream_key(seed, counter):
     """Key of one stream of draws: (seed, counter) -> 64 bits."""
-    return mix64(mix64(np.uint64(seed) * _GOLDEN + np.uint64(1)) ^ (np.uint64(counter) * _M2))
+    return mix64(mix64(np.uint64(seed) * GOLDEN + np.uint64(1)) ^ (np.uint64(counter) * _M2))
 
 
 @njit
 def _uniform(h0, attempt):
     # Extra draws for rejected samples: re-hash the sample's first hash with the attempt number.
-    h = mix64(h0 + np.uint64(attempt) * _GOLDEN)
+    h = mix64(h0 + np.uint64(attempt) * GOLDEN)
     return ((h >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 
@@ -82,18 +82,20 @@ def normal_at(key, idx, kn, wn, fn):
     """The standard normal number `idx` of stream `key` (exact ziggurat, tail included).
 
     The accept test of the first try is kept small so LLVM inlines it into the calling loop;
-    the ~1.2% of rejected draws go to `_normal_slow`.
+    the ~1.2% of rejected draws go to `normal_slow`. (GOLDEN, MASK7 and S32 are public for the one
+    other copy of this fast path: the vectorized float32 pass of :func:`xbar.kernels.mvm.tile_periphery`.)
     """
-    h0 = mix64(key + np.uint64(idx) * _GOLDEN)
-    iz = np.int64(h0 & _MASK7)
-    hz = np.int64(np.int32(np.uint32(h0 >> _S32)))
+    h0 = mix64(key + np.uint64(idx) * GOLDEN)
+    iz = np.int64(h0 & MASK7)
+    hz = np.int64(np.int32(np.uint32(h0 >> S32)))
     if abs(hz) < kn[iz]:
         return hz * wn[iz]
-    return _normal_slow(h0, iz, hz, kn, wn, fn)
+    return normal_slow(h0, iz, hz, kn, wn, fn)
 
 
 @njit
-def _normal_slow(h0, iz, hz, kn, wn, fn):
+def normal_slow(h0, iz, hz, kn, wn, fn):
+    """The exact ziggurat's slow path for a draw whose first try (hash h0, layer iz, value hz) was rejected."""
     attempt = 1
     while True:
         x = hz * wn[iz]
@@ -107,10 +109,10 @@ def _normal_slow(h0, iz, hz, kn, wn, fn):
             return _R + xt if hz > 0 else -_R - xt
         if fn[iz] + _uniform(h0, attempt) * (fn[iz - 1] - fn[iz]) < math.exp(-0.5 * x * x):
             return x
-        h = mix64(h0 + np.uint64(attempt + 1) * _GOLDEN)
+        h = mix64(h0 + np.uint64(attempt + 1) * GOLDEN)
         attempt += 2
-        iz = np.int64(h & _MASK7)
-        hz = np.int64(np.int32(np.uint32(h >> _S32)))
+        iz = np.int64(h & MASK7)
+        hz = np.int64(np.int32(np.uint32(h >> S32)))
         if abs(hz) < kn[iz]:
             return hz * wn[iz]
 
@@ -138,15 +140,7 @@ def _add_scaled_normals(y, sd, seed, counter, kn, wn, fn):
     B, N = y.shape
     for b in prange(B):
         for j in range(N):
-            idx = b * N + j
-            h0 = mix64(key + np.uint64(idx) * _GOLDEN)
-            iz = np.int64(h0 & _MASK7)
-            hz = np.int64(np.int32(np.uint32(h0 >> _S32)))
-            if abs(hz) < kn[iz]:
-                z = hz * wn[iz]
-            else:
-                z = _normal_slow(h0, iz, hz, kn, wn, fn)
-            y[b, j] += np.float32(sd[b, j] * z)
+            y[b, j] += np.float32(sd[b, j] * normal_at(key, b * N + j, kn, wn, fn))
 
 
 add_scaled_normals = njit_parallel(_add_scaled_normals)
