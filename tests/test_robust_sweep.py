@@ -300,6 +300,18 @@ def _snapshot(path) -> list:
     return out
 
 
+def test_a_changed_run_attribute_is_found_by_its_digest(tmp_path):
+    # Attributes in HDF5's dense storage carry no checksum of their own: the run's digest covers them.
+    h5py = pytest.importorskip("h5py")
+    _, _, out = make_store(tmp_path)
+    store.verify(out)
+    with h5py.File(out, "r+") as f:
+        g = f["runs"][sorted(f["runs"])[0]]
+        g.attrs["test_accuracy"] = float(g.attrs["test_accuracy"]) + 1.0
+    with pytest.raises(store.StoreError, match="attributes do not match their digest"):
+        store.verify(out)
+
+
 def test_flipped_bits_are_found_or_harmless_never_a_traceback(tmp_path):
     _, _, out = make_store(tmp_path)
     data = out.read_bytes()

@@ -30,8 +30,10 @@ runs in flight, and the next start merges whatever the journal still holds. Read
 
 Damage: a journal entry that cannot be stored (torn, `{}`, no config, a key that is not its
 config's) is moved to `<file>.journal/bad/` with a warning, and its run is done again. Stores
-are written with HDF5's checksummed metadata (format 1.10) and Fletcher-32 checksums on every
-array, so flipped bits are found by :func:`verify` and reported with the run group they hit.
+are written with HDF5's checksummed metadata (format 1.10), Fletcher-32 checksums on every
+array and a SHA-256 digest of each run's attributes (HDF5 keeps many attributes in dense
+storage, which it does not checksum), so flipped bits are found by :func:`verify` and reported
+with the run group they hit.
 
 Modules: :mod:`~xbar.store.journal` (run keys, the journal, cleanup), :mod:`~xbar.store.write`
 (create, merge, combine), :mod:`~xbar.store.read` (info, verify, load, history, histograms).

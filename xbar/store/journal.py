@@ -29,7 +29,10 @@ NOT_IDENTITY = ("data_dir",)
 # Fields added after stores existed: left out of a run's identity while at their default, so runs
 # stored before they existed keep their keys (and are not run again).
 NEUTRAL_DEFAULTS = {"ir_drop": "none", "r_wire_ohm": 0.0, "v_read": 0.2, "ir_drop_train": True,
-                    "adc_offset_lsb": 0.0, "adc_gain_rel": 0.0, "adc_inl_lsb": 0.0, "init": None}
+                    "adc_offset_lsb": 0.0, "adc_gain_rel": 0.0, "adc_inl_lsb": 0.0, "init": None,
+                    "hwa_age_min_s": 3600.0, "hwa_age_max_s": 3.1536e7, "hwa_clip_sigma": 0.0,
+                    "eval_at_s": None, "eval_compensate": "exact", "insitu_pairs": "split",
+                    "adc_calibrate_steps": None}
 # Checksummed object headers (superblock v3, object header v2) need HDF5 >= 1.10 to read.
 LIBVER = ("v110", "latest")
 KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
@@ -249,3 +252,24 @@ def run_arrays(rec: dict[str, Any]) -> dict[str, np.ndarray]:
 def histograms_of(rec: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(h["counts"], dtype=np.int64), np.asarray(h["edges"], dtype=np.float64))
             for h in rec.get("histograms") or []]
+
+
+DIGEST_ATTR = "attrs_sha256"
+
+
+def attrs_digest(attrs) -> str:
+    """SHA-256 over a run group's attributes (all but the digest itself), as they read back.
+
+    HDF5 checksums object headers, but a group with many attributes keeps them in dense storage,
+    whose heap blocks carry no checksum: without this digest a flipped bit in, say, a stored
+    accuracy or timestamp would read back as a different value, unnoticed.
+    """
+    h = hashlib.sha256()
+    for k in sorted(attrs):
+        if k == DIGEST_ATTR:
+            continue
+        v = attrs[k]
+        v = v.decode() if isinstance(v, bytes) else v
+        v = v.item() if isinstance(v, np.generic) else v
+        h.update(f"{k}\0{type(v).__name__}\0{v!r}\0".encode())
+    return h.hexdigest()

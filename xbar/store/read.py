@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .journal import (
+    DIGEST_ATTR,
     FORMAT,
     HISTORY_KEYS,
     KEY_PATTERN,
@@ -20,6 +21,7 @@ from .journal import (
     STATUSES,
     StoreError,
     Warn,
+    attrs_digest,
     h5py_module,
     histograms_of,
     is_number,
@@ -123,6 +125,8 @@ def _check_group(g, key: str, deep: bool) -> None:
         raise StoreError("its config does not hash to its key")
     if _text(a["status"]) not in STATUSES:
         raise StoreError(f"status {_text(a['status'])!r}")
+    if DIGEST_ATTR in a and _text(a[DIGEST_ATTR]) != attrs_digest(a):   # stores written before it: no digest
+        raise StoreError("its attributes do not match their digest")
     missing = {"history", "layers", "hist"} - set(g)
     if missing:
         raise StoreError(f"{', '.join(sorted(missing))} missing")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import XbarError
 from .journal import (
+    DIGEST_ATTR,
     FORMAT,
     HISTORY_KEYS,
     LIBVER,
@@ -21,6 +22,7 @@ from .journal import (
     VERSION,
     StoreError,
     Warn,
+    attrs_digest,
     bad_entry,
     h5py_module,
     histograms_of,
@@ -179,6 +181,7 @@ def _write_run(g, rec: dict[str, Any]) -> None:
         finished=rec.get("finished") or "", metrics=json.dumps(rec.get("metrics") or {}))
     if rec.get("diverged_epoch") is not None:
         g.attrs["diverged_epoch"] = int(rec["diverged_epoch"])
+    g.attrs[DIGEST_ATTR] = attrs_digest(g.attrs)
 
     def data(group, name, arr):
         # Fletcher-32 (needs chunked storage) makes a flipped bit a read error, not a wrong number.
