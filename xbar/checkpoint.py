@@ -290,7 +290,11 @@ def load(path: str | os.PathLike) -> Run:
     """Read a run file written by :func:`save`; errors say what is wrong with the file."""
     import h5py
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:   # e.g. a name longer than the file system allows
+        raise CheckpointError(f"{str(path)[:80]}: not a usable run file path ({exc.strerror})") from None
+    if not exists:
         raise CheckpointError(f"{path}: no such run file")
     try:
         f = h5py.File(path, "r")

@@ -262,6 +262,14 @@ def parse_tile(text: str) -> tuple[int, int]:
         raise ConfigError(f"tile = {text!r}: expected ROWSxCOLS with integers >= 1, e.g. '64x64'") from None
 
 
+def human_time(t: float) -> str:
+    """Seconds as a short readable time: 3600 -> '1 h', 3.1536e7 -> '1 y', 90 -> '1.5 min'."""
+    for unit, size in (("y", 31536000.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t >= size:
+            return f"{t / size:.3g} {unit}"
+    return f"{t:.3g} s"
+
+
 class FieldConfig:
     """Base of the frozen configs declared by Field specs (TrainConfig, PruneConfig, CostConstants).
 

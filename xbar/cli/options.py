@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ..config import parse_tile
+from ..config import human_time, parse_tile  # noqa: F401  (human_time: for the commands)
 from ..errors import UsageError, XbarError
 from ..jsonio import dumps
 
@@ -106,13 +106,6 @@ def times_arg(text: str) -> list[float]:
     return out
 
 
-def human_time(t: float) -> str:
-    for unit, size in (("y", 31536000.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= size:
-            return f"{t / size:.3g} {unit}"
-    return f"{t:.3g} s"
-
-
 def join_dash_values(argv: list[str]) -> list[str]:
     """['--tile', '-64x64'] -> ['--tile=-64x64']: argparse takes a value that starts with '-' (other
     than a plain negative number) for an option, and would answer 'expected one argument'."""
@@ -150,6 +143,9 @@ def add_config_options(parser: argparse.ArgumentParser, fields) -> None:
         elif f.kind in ("int", "float"):
             kw["type"] = number
             kw["metavar"] = f.name.upper()
+        elif f.kind == "floats" and f.unit == "s":   # times: 3600,86400 or 1h,1d,1y (as eval --at)
+            kw["type"] = times_arg
+            kw["metavar"] = "T,T,..."
         if f.choices:
             kw["metavar"] = "{" + ",".join(f.choices) + "}"
         parser.add_argument(flag, **kw)

@@ -68,6 +68,9 @@ def print_result(result: dict, as_json: bool) -> None:
         print(f"test accuracy {result['test_accuracy']:.2f}%  train accuracy "
               f"{result['train_accuracy'] if result['train_accuracy'] is None else round(result['train_accuracy'], 2)}%"
               f"  ({result['seconds']:.1f} s)")
+    for a in result.get("after_programming") or []:
+        print(f"  {human_time(a['t_s'])} after programming ({a['compensate']} drift compensation): "
+              f"test accuracy {a['test_accuracy']:.2f}%")
 
 
 def cmd_train(args) -> int:

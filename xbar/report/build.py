@@ -10,6 +10,7 @@ from ..errors import XbarError
 from .figures import accuracy_vs_device, accuracy_vs_x, curves, histograms
 from .layout import METRIC, RESULT_X, OutputFolder, plan_axes, pyplot
 from .tables import device_table, pivot_tables
+from .timeline import accuracy_vs_time
 
 # ---- the report ----------------------------------------------------------------------------------
 
@@ -45,6 +46,7 @@ def report(path: str, out: str) -> list[str]:
         for k in RESULT_X:
             if k in ok.columns and k not in swept and ok[k].notna().any():
                 written += accuracy_vs_device(plt, ok, k, plan, outdir, split_x=False)
+        written += accuracy_vs_time(plt, ok, plan, outdir)
         written += curves(plt, path, ok, plan, outdir)
         written += histograms(plt, path, ok, plan, outdir)
         _readme(path, df, ok, swept, in_journal, written, outdir)

@@ -7,7 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import store
-from .layout import METRIC, chance, grouped, line_labels, selection_name, slug, title_for, unpruned, xscale
+from .layout import (
+    METRIC,
+    chance,
+    grouped,
+    line_labels,
+    save_figure,
+    selection_name,
+    slug,
+    title_for,
+    unpruned,
+    xscale,
+)
 
 
 def _agg(sub, x: str):
@@ -69,11 +80,8 @@ def accuracy_vs_x(plt, ok, plan, outdir: Path) -> list[str]:
                     ax.set_ylabel("test accuracy %")
         axes[0][0].legend(fontsize=7)
         fig.suptitle(title_for(sel, sub), fontsize=10)
-        fig.tight_layout()
         name = f"accuracy_vs_{x}__{slug(selection_name(sel))}.png"
-        fig.savefig(outdir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(plt, fig, outdir, name))
     return written
 
 
@@ -95,11 +103,8 @@ def accuracy_vs_device(plt, ok, key: str, plan, outdir: Path, split_x: bool = Tr
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.set_title(title_for(sel, sub), fontsize=9)
-        fig.tight_layout()
         name = f"accuracy_vs_{slug(key)}__{slug(selection_name(sel))}.png"
-        fig.savefig(outdir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(plt, fig, outdir, name))
     return written
 
 
@@ -125,11 +130,8 @@ def curves(plt, path, ok, plan, outdir: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
         ax.set_title(f"{title_for(sel, sub)} (best {len(shown)} of {len(sub)})", fontsize=9)
-        fig.tight_layout()
         name = f"curves__{slug(selection_name(sel))}.png"
-        fig.savefig(outdir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(plt, fig, outdir, name))
     return written
 
 
@@ -152,9 +154,6 @@ def histograms(plt, path, ok, plan, outdir: Path) -> list[str]:
         label = f"{line}={r[line]}" if line else r["key"]
         context = title_for({}, best.loc[[idx]])
         fig.suptitle(f"final conductances, best run of {label} ({r[METRIC]:.2f} %)\n{context}", fontsize=9)
-        fig.tight_layout()
         name = f"conductances__{slug(label)}.png"
-        fig.savefig(outdir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(plt, fig, outdir, name))
     return written

@@ -226,3 +226,11 @@ def unpruned(sub, x: str):
     else:
         x0 = where
     return x0, float(sub["accuracy_before"].mean())
+
+
+def save_figure(plt, fig, outdir: Path, name: str) -> str:
+    """Lay out, write (PNG, 110 dpi) and close `fig` as outdir/name; returns name."""
+    fig.tight_layout()
+    fig.savefig(outdir / name, dpi=110)
+    plt.close(fig)
+    return name

@@ -23,7 +23,7 @@ def device_table(ok, key: str, plan, outdir: Path) -> list[str]:
     frames = []
     for sel, sub in grouped(ok, split):
         table = sub.pivot_table(index=index, columns=key, values=METRIC, aggfunc="mean")
-        md += [f"## {title_for(sel, sub)}", "", _markdown(table), ""]
+        md += [f"## {title_for(sel, sub)}", "", markdown(table), ""]
         t = table.reset_index()
         for k, v in reversed(list(sel.items())):
             t.insert(0, k, v)
@@ -44,7 +44,7 @@ def pivot_tables(ok, plan, outdir: Path) -> list[str]:
     frames = []
     for sel, sub in grouped(ok, split):
         table = sub.pivot_table(index=index, columns=x, values=METRIC, aggfunc="mean")
-        md += [f"## {title_for(sel, sub)}", "", _markdown(table), ""]
+        md += [f"## {title_for(sel, sub)}", "", markdown(table), ""]
         t = table.reset_index()
         for k, v in sel.items():
             t.insert(0, k, v)
@@ -55,7 +55,7 @@ def pivot_tables(ok, plan, outdir: Path) -> list[str]:
     return ["table_accuracy.md", "table_accuracy.csv"]
 
 
-def _markdown(table) -> str:
+def markdown(table) -> str:
     idx_names = [str(n) for n in table.index.names]
     cols = [str(c) for c in table.columns]
     out = ["| " + " | ".join(idx_names + cols) + " |", "|" + "---|" * (len(idx_names) + len(cols))]

@@ -111,6 +111,10 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
         rec.update(status=res["status"], message=res["message"], test_accuracy=res["test_accuracy"],
                    train_accuracy=res["train_accuracy"], history=res["history"],
                    train_seconds=res["train_seconds"], histograms=_histograms(trainer.net))
+        if res.get("after_programming"):
+            # accuracy after drift: result columns test_accuracy_at_<t>s (xbar report plots them vs t)
+            rec["metrics"] = {f"test_accuracy_at_{a['t_s']:g}s": a["test_accuracy"]
+                              for a in res["after_programming"]}
         if res["status"] == "diverged":
             rec["diverged_epoch"] = diverged_epoch(res)
     except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep

@@ -12,8 +12,9 @@ from ..device import Device
 from ..errors import ConfigError
 from ..nn import NetworkSpec
 from ..tile.settings import PERIPHERY_FIELDS, check_periphery, check_v_read
-from .defaults import BASE_DEFAULTS, RECIPES, SEED_RECIPE, default_update
+from .defaults import BASE_DEFAULTS, default_update
 from .optim import DEFAULT_LR, OPTIMIZERS
+from .recipes import RECIPES
 from .rules import RULES
 from .updates import QUANTS, RANGES, UPDATES, DeviceSetup
 
@@ -61,11 +62,17 @@ BASE_FIELDS: tuple[Field, ...] = (
           "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
           "wires and only evaluate through them (false: inference-only IR drop)."),
-    Field("recipe", "str", None, "'seed': the seed study's settings for every field left unset.",
-          choices=RECIPES, optional=True),
+    Field("recipe", "str", None, "Defaults for every field left unset: 'seed' (the seed study's "
+          "settings) or 'hwa' (hardware-aware training, xbar.train.hwa).", choices=RECIPES, optional=True),
     Field("train_limit", "int", None, "Use only the first N training samples.", lo=1, optional=True),
     Field("test_limit", "int", None, "Use only the first N test samples.", lo=1, optional=True),
     Field("eval_train", "bool", True, "Measure train accuracy and loss after every epoch."),
+    Field("eval_at_s", "floats", None, "Also evaluate the trained network these times after its last "
+          "programming (drift and read noise at t; reported under 'after_programming').", optional=True,
+          unit="s"),
+    Field("eval_compensate", "str", "exact", "Global drift compensation of those evaluations: 'exact' "
+          "(noise-free conductances), 'read' (noisy one-hot reads, as a chip can) or 'none'.",
+          choices=("exact", "read", "none")),
 )
 
 
@@ -123,8 +130,9 @@ class TrainConfig(FieldConfig):
 
     Build with keywords (validated like a TOML table), :meth:`from_dict` or :meth:`with_`.
     Fields left None are resolved by :meth:`resolve` (recipe first, then per-update defaults).
-    The fields are the run's own (:data:`BASE_FIELDS`) followed by every registered rule's and
-    update scheme's options (``hsic_*``, ``sg_*``): a rule's options live with the rule.
+    The fields are the run's own (:data:`BASE_FIELDS`) followed by every registered rule's, update
+    scheme's and recipe's options (``hsic_*``, ``sg_*``, ``insitu_*``, ``hwa_*``): options live with
+    what they configure.
     """
 
     LABEL = "TrainConfig"
@@ -133,8 +141,11 @@ class TrainConfig(FieldConfig):
 
     @classmethod
     def fields(cls) -> tuple[Field, ...]:
-        extra = [f for c in (*RULES.classes(), *UPDATES.classes()) for f in c.FIELDS]
-        return BASE_FIELDS + tuple(extra)
+        extra: dict[str, Field] = {}   # by name: schemes that share a base share its FIELDS once
+        for c in (*RULES.classes(), *UPDATES.classes(), *RECIPES.classes()):
+            for f in c.FIELDS:
+                extra.setdefault(f.name, f)
+        return BASE_FIELDS + tuple(extra.values())
 
     def normalise(self, values):
         if isinstance(values["tile"], (tuple, list)) and len(values["tile"]) == 2:
@@ -151,7 +162,8 @@ class TrainConfig(FieldConfig):
             filled["update"] = default_update(self.device, self.device_set, self.bits)
         update = filled["update"]
         scheme = UPDATES.get(update)
-        sources = ([SEED_RECIPE] if self.recipe == "seed" else []) + [scheme.DEFAULTS, BASE_DEFAULTS]
+        recipe = RECIPES.get(self.recipe) if self.recipe is not None else None
+        sources = (recipe.defaults(update) if recipe else []) + [scheme.DEFAULTS, BASE_DEFAULTS]
         bundle_opt = next(src["optimizer"] for src in sources if src.get("optimizer"))
         if filled["optimizer"] is not None and filled["optimizer"] != bundle_opt:
             # Another optimizer than the recipe's: its own torch default lr and no decay,
@@ -187,6 +199,8 @@ class TrainConfig(FieldConfig):
         if out.momentum and out.optimizer != "sgd":
             raise ConfigError(f"momentum = {out.momentum}: only optimizer 'sgd' takes momentum")
         rule.check(out)
+        if recipe is not None:
+            recipe.check(out)
         return out
 
     def rule_options(self) -> dict[str, Any]:

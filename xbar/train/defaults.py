@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from .updates import UPDATES
 
-RECIPES = ("seed",)
-
 # The seed study (Granada bachelor's thesis, 2022; experiments/seed-study.toml): Adadelta lr 1.0,
 # StepLR γ 0.7 per epoch, batch 64, 30 epochs, levels in [-1, 1] for the whole network (α = 1, no
 # column gain), the study's asymm quantizer by default.

@@ -4,7 +4,8 @@
     result = train(TrainConfig(network="mlp-100x2", dataset="fmnist", bits=3, update="qat"))
 
 Randomness: one seed; every consumer gets its own stream, np.random.SeedSequence([seed, k]):
-k = 0 weight init, 1 feedback matrices, 2 shuffling, 3 stochastic rounding, 4 + l the crossbar
+k = 0 weight init, 1 feedback matrices, 2 shuffling, 3 stochastic rounding (recipe hwa: the ages
+of its reads), 4 + l the crossbar
 of layer l. Same config and seed give the same result, bit for bit.
 """
 
@@ -27,7 +28,7 @@ from .trainer import LOSS_ABSOLUTE, Diverged, Trainer, evaluate, int_seed, loss_
 UPDATE_DEFAULTS = update_defaults()   # the shipped schemes' DEFAULTS, by name
 
 __all__ = ["BASE_DEFAULTS", "FIELDS", "FIELD_NAMES", "SEED_RECIPE", "UPDATE_DEFAULTS", "Diverged", "TrainConfig",
-           "Trainer", "default_update", "evaluate", "int_seed", "load_data", "loss_limit", "parse_device_set",
+           "Trainer", "after_programming", "default_update", "evaluate", "int_seed", "load_data", "loss_limit", "parse_device_set",
            "record_epoch", "stream", "train"]
 
 
@@ -75,6 +76,7 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
     # A diverging run overflows on purpose; it is detected and reported, not warned about.
     with np.errstate(over="ignore", invalid="ignore"):
         history, status, message, train_seconds = _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe)
+    after = after_programming(cfg, net, Xte, yte) if status == "ok" and cfg.eval_at_s else None
     return {
         "status": status,
         "message": message,
@@ -86,7 +88,24 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
         "config": cfg.as_dict(),
         "network": {"name": tr.spec.name, "widths": tr.spec.widths(Xtr.shape[1], net.layers[-1].n_out)},
         "hardware": _hardware(net),
-    } | ({"_trainer": tr} if keep_trainer else {})
+    } | ({"after_programming": after} if after is not None else {}) | ({"_trainer": tr} if keep_trainer else {})
+
+
+def after_programming(cfg: TrainConfig, net: Network, X: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
+    """Test accuracy of the trained network read cfg.eval_at_s seconds after its last programming
+    (Crossbar.at, with cfg.eval_compensate), one dict per time; the network itself is not changed."""
+    import copy
+    comp = {"exact": True, "read": "read", "none": False}[cfg.eval_compensate]
+    out = []
+    for t in cfg.eval_at_s:
+        aged = copy.copy(net)
+        aged.layers = [copy.copy(layer) for layer in _read_net(cfg, net).layers]
+        for layer in aged.layers:
+            if layer.crossbar is not None:
+                layer.crossbar = layer.crossbar.at(float(t), compensate=comp)
+        loss, acc = evaluate(aged, X, y)
+        out.append({"t_s": float(t), "compensate": cfg.eval_compensate, "test_accuracy": acc, "test_loss": loss})
+    return out
 
 
 def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):

@@ -15,8 +15,8 @@ from ..errors import ShapeError
 from ..nn import Network, NetworkSpec, loss_and_error
 from .config import TrainConfig
 from .optim import StepLR, make_optimizer
+from .recipes import build_update
 from .rules import make_rule
-from .updates import make_update
 
 
 def stream(seed: int, k: int) -> np.random.Generator:
@@ -96,7 +96,7 @@ class Trainer:
         self.net = self.spec.build(n_in, n_classes, stream(cfg.seed, 0))
         self.rule = make_rule(cfg.rule, **cfg.rule_options())
         self.rule.setup(self.net, stream(cfg.seed, 1))
-        self.update = make_update(cfg.update, cfg.device_setup(), stream(cfg.seed, 3))
+        self.update = build_update(cfg, stream(cfg.seed, 3))   # the recipe's, else the scheme's
         self.feedback = self.rule.feedback()
         self.update.attach(self.net, [int_seed(cfg.seed, 4 + i) for i in range(len(self.net.layers))],
                            self.feedback)
@@ -132,6 +132,7 @@ class Trainer:
         """One step on batch (x, y); returns the batch loss before the step."""
         net = self.net
         try:
+            self.update.before_step(net, x)   # e.g. recipe hwa's aged reads, in-situ ADC recalibration
             out, caches = net.forward(x)
             loss, e = net.loss(out, y)
             self.last_correct = int(np.count_nonzero(np.argmax(out, axis=1) == y))
@@ -159,6 +160,8 @@ class Trainer:
             if _overflow_message(exc) or not all(np.isfinite(p).all() for p in net.params()):
                 raise Diverged(f"values left the float32 range ({exc})") from None
             raise
+        finally:
+            self.update.restore(net)
         return loss
 
 

@@ -156,8 +156,9 @@ class Update:
     range, gain, optimizer, lr, lr_gamma, ...); ``FIELDS``, options of its own; ``on_device``
     (False: no crossbar at all); ``bias_row`` (the bias sits on an extra array row, for the cost
     model); ``check(setup)``, a classmethod that refuses a device setup it cannot run on.
-    Instance hooks: ``on_mask_change`` (pruning removed cells of a layer) and ``state_arrays``
-    (what a checkpoint saves).
+    ``from_config(cfg, setup, rng)`` builds it with its FIELDS' values from a resolved config.
+    Instance hooks: ``before_step`` / ``restore`` (around every step), ``on_mask_change`` (pruning
+    removed cells of a layer) and ``state_arrays`` (what a checkpoint saves).
     """
 
     name = ""
@@ -187,6 +188,18 @@ class Update:
             layer.crossbar = setup.crossbar(seed)
             layer.program()
 
+    @classmethod
+    def from_config(cls, cfg, setup: DeviceSetup | None, rng: np.random.Generator | None = None) -> Update:
+        """This scheme for a resolved TrainConfig: a scheme with FIELDS reads its options here."""
+        return cls(setup, rng)
+
+    def before_step(self, net: Network, x: np.ndarray | None = None) -> None:
+        """Called before every step's forward on batch x (e.g. recipe hwa's aged reads, in-situ
+        ADC recalibration). Default: nothing."""
+
+    def restore(self, net: Network) -> None:
+        """Called after every step, also one that raised: undo what before_step swapped in."""
+
     def after_step(self, net: Network, feedback: list[np.ndarray]) -> None:
         raise NotImplementedError
 
@@ -201,11 +214,13 @@ class Update:
 
 
 
-def make_update(name: str, setup: DeviceSetup | None, rng: np.random.Generator | None = None) -> Update:
-    """An update scheme by name; unknown names list the valid ones."""
+def make_update(name: str, setup: DeviceSetup | None, rng: np.random.Generator | None = None,
+                cfg=None) -> Update:
+    """An update scheme by name (with its options from `cfg`, a resolved TrainConfig, when given);
+    unknown names list the valid ones."""
     cls = UPDATES.get(name)
     if cls.on_device and setup is None:
         raise ConfigError(f"update = {name!r} needs a device setup")
     if setup is not None:
         cls.check(setup)   # fail early, e.g. rounding onto an analog or non-uniform device
-    return cls(setup, rng)
+    return cls(setup, rng) if cfg is None else cls.from_config(cfg, setup, rng)
