@@ -9,6 +9,7 @@ import numpy as np
 from .. import store
 from .layout import (
     METRIC,
+    accuracy_axes,
     chance,
     grouped,
     line_labels,
@@ -98,11 +99,7 @@ def accuracy_vs_device(plt, ok, key: str, plan, outdir: Path, split_x: bool = Tr
         _mark_unpruned(ax, sub, key)
         chance(ax, sub)
         xscale(ax, sub[key])
-        ax.set_xlabel(key)
-        ax.set_ylabel("test accuracy %")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title(title_for(sel, sub), fontsize=9)
+        accuracy_axes(ax, key, title_for(sel, sub))
         name = f"accuracy_vs_{slug(key)}__{slug(selection_name(sel))}.png"
         written.append(save_figure(plt, fig, outdir, name))
     return written

@@ -234,3 +234,12 @@ def save_figure(plt, fig, outdir: Path, name: str) -> str:
     fig.savefig(outdir / name, dpi=110)
     plt.close(fig)
     return name
+
+
+def accuracy_axes(ax, xlabel: str, title: str) -> None:
+    """The labels, grid, legend and title of a single accuracy figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)

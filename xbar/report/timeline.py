@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..config import human_time
-from .layout import METRIC, chance, grouped, save_figure, selection_name, slug, title_for
+from .layout import METRIC, accuracy_axes, chance, grouped, save_figure, selection_name, slug, title_for
 from .tables import markdown
 
 AT_COLUMN = re.compile(r"test_accuracy_at_(.+)s")
@@ -42,11 +42,7 @@ def accuracy_vs_time(plt, ok, plan, outdir: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xticks(list(cols.values()), [human_time(t) for t in cols.values()])
         ax.minorticks_off()
-        ax.set_xlabel("time after programming")
-        ax.set_ylabel("test accuracy %")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title(title_for(sel, sub), fontsize=9)
+        accuracy_axes(ax, "time after programming", title_for(sel, sub))
         name = f"accuracy_vs_time__{slug(selection_name(sel))}.png"
         written.append(save_figure(plt, fig, outdir, name))
         md += [f"## {title_for(sel, sub)}", "", markdown(table), ""]
