@@ -13,6 +13,7 @@ import pytest
 from xbar.cli import main
 from xbar.prune.criteria import CRITERIA
 from xbar.train import RULES, UPDATES, TrainConfig
+from xbar.train.recipe import RECIPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "toys"))
 FAST = ["--epochs", "1", "--train-limit", "400", "--test-limit", "200", "--json"]
@@ -22,11 +23,12 @@ FAST = ["--epochs", "1", "--train-limit", "400", "--test-limit", "200", "--json"
 def toys():
     """Register the three toys for one test, and forget them afterwards."""
     mods = [importlib.reload(importlib.import_module(m)) if m in sys.modules else importlib.import_module(m)
-            for m in ("toy_rule", "toy_update", "toy_criterion")]
+            for m in ("toy_rule", "toy_update", "toy_criterion", "toy_recipe")]
     yield mods
     RULES.unregister("toy-scaled-bp")
     UPDATES.unregister("toy-every-other")
     CRITERIA.unregister("toy-linf")
+    RECIPES.unregister("toy-slow")
 
 
 def run(capsys, argv):
@@ -68,6 +70,17 @@ def test_toy_criterion_prunes_units(toys, capsys):
     assert rc == 0 and r["hardware_after"]["tiles"] < r["hardware_before"]["tiles"]
 
 
+def test_toy_recipe_fills_its_defaults_and_checks(toys, capsys):
+    rc, r = run(capsys, ["train", "--recipe", "toy-slow", "--bits", "3", *FAST])
+    assert rc == 0 and r["status"] == "ok"
+    assert r["config"]["recipe"] == "toy-slow" and r["config"]["lr"] == 5e-4 and r["config"]["toy_slow_factor"] == 0.5
+    assert r["config"]["lr_gamma"] == 0.9     # not set by the recipe: qat's own default
+    assert main(["train", "--recipe", "toy-slow", "--toy-slow-factor", "2", "--bits", "3", *FAST]) == 2
+    assert "toy_slow_factor = 2" in capsys.readouterr().err
+    assert main(["train", "--recipe", "toy-slow", *FAST]) == 2     # its own check: float training
+    assert "recipe 'toy-slow' is for device updates" in capsys.readouterr().err
+
+
 def test_toys_show_in_help_and_are_gone_after(toys, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -82,4 +95,5 @@ def test_registries_hold_only_the_shipped_ones_without_toys():
     assert tuple(RULES) == ("bp", "fa", "dfa", "hsic", "sg")
     assert tuple(UPDATES) == ("float", "nearest", "stochastic", "qat", "mixed", "pulse")
     assert tuple(CRITERIA) == ("magnitude", "l1", "l2", "activation", "taylor", "random")
+    assert tuple(RECIPES) == ("seed", "hwa")
     assert "toy_scale" not in {f.name for f in TrainConfig.fields()}
