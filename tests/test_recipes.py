@@ -30,7 +30,15 @@ def test_hwa_resolves_to_its_defaults_and_explicit_fields_win():
     pulse = TrainConfig(recipe="hwa", device="agsi", update="pulse").resolve()
     for k, v in INSITU_DEFAULTS["pulse"].items():
         assert getattr(pulse, k) == v, k
+    mixed = TrainConfig(recipe="hwa", device="agsi", update="mixed").resolve()
+    for k, v in INSITU_DEFAULTS["mixed"].items():
+        assert getattr(mixed, k) == v, k
+    tr, _ = trainer(TrainConfig(recipe="hwa", device="agsi", update="mixed", train_limit=64, test_limit=32))
+    assert tr.update.closed_loop is bool(INSITU_DEFAULTS["mixed"].get("insitu_feedback"))
+    assert TrainConfig(recipe="hwa", device="agsi", update="mixed",
+                       insitu_feedback=False).resolve().insitu_feedback is False   # explicit wins
     # without the recipe nothing changes
+    assert TrainConfig(device="agsi", update="mixed").resolve().insitu_feedback is None
     assert TrainConfig(device="pcm-aihwkit").resolve().lr_gamma == 0.9
     assert TrainConfig(device="agsi", update="pulse").resolve().lr == 0.1
 
@@ -236,3 +244,54 @@ def test_insitu_recalibrates_the_adc_every_k_steps_on_the_step_batch():
     assert calls == [16, 16, 16]           # steps 1, 3 and 5
     assert TrainConfig(recipe="hwa", device="agsi", update="mixed").resolve().adc_calibrate_steps == 20
     assert TrainConfig(device="agsi", update="mixed").resolve().adc_calibrate_steps is None
+
+
+# ---- in-situ mixed: closed loop and threshold -----------------------------------------------------
+
+def _targets(tr):
+    """Per layer: the stored weights plus the accumulator (what the digital side asks for)."""
+    return [st.prev + st.chi for st in tr.update.states]
+
+
+def test_closed_loop_target_equals_sum_of_optimizer_updates():
+    # nonlinear, noisy agsi: with feedback, device weight + chi is exactly the sum of the optimizer's
+    # updates (chi keeps what the devices missed); open loop (the default) drifts away from it
+    tr, (X, y, _, _) = _insitu("split", insitu_feedback=True)
+    target = _targets(tr)
+    upd = tr.update
+    orig = upd.counts
+
+    def spy(st, delta):            # record each optimizer delta as it enters chi
+        i = upd.states.index(st)
+        target[i] = target[i] + delta
+        return orig(st, delta)
+
+    upd.counts = spy
+    for s in range(0, 256, 32):
+        tr.step(X[s:s + 32], y[s:s + 32])
+    for t, now in zip(target, _targets(tr)):
+        np.testing.assert_allclose(now, t, rtol=0, atol=1e-9)
+    tr_open, _ = _insitu("split")
+    t_open = _targets(tr_open)
+    upd2, orig2 = tr_open.update, tr_open.update.counts
+
+    def spy2(st, delta):
+        i = upd2.states.index(st)
+        t_open[i] = t_open[i] + delta
+        return orig2(st, delta)
+
+    upd2.counts = spy2
+    for s in range(0, 256, 32):
+        tr_open.step(X[s:s + 32], y[s:s + 32])
+    assert max(np.abs(now - t).max() for t, now in zip(t_open, _targets(tr_open))) > 1e-4
+
+
+def test_threshold_holds_small_accumulators_back():
+    tr, (X, y, _, _) = _insitu("split", insitu_threshold=3.0)
+    for s in range(0, 256, 32):
+        tr.step(X[s:s + 32], y[s:s + 32])
+        for st in tr.update.states:
+            assert np.all(np.abs(st.chi) < 3.0 * st.eps + 1e-12)
+    tr1, _ = _insitu("split", insitu_threshold=3.0)
+    tr0, _ = _insitu("split")
+    assert tr1.update.threshold == 3.0 and tr0.update.threshold == 1.0

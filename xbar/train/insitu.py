@@ -12,6 +12,10 @@ extra array row of the same crossbar, ``bias="row"``, and are updated like the w
   through ``Crossbar.pulse``, nonlinear response and c2c noise included; or n levels, by
   reprogramming the cells whose level changed) and χ −= n·ε. As in the paper, the nominal n·ε is
   subtracted, not the device's actual change (there is no verify), and χ starts at zero.
+  Options (fields of these schemes): ``insitu_feedback`` closes the loop: χ −= the change the
+  devices actually made, read back after the pulses (as a write-verify read does), so device
+  weight + χ stays the sum of the optimizer's updates whatever the nonlinearity and noise did;
+  ``insitu_threshold`` k fires only where |χ| ≥ k·ε.
 - ``pulse`` (NeuroSim V3.0's in-situ SGD): every step's Δw becomes n = round(Δw/(w_max −
   w_min)·levels) pulses at once, with w_max − w_min = α·(g_max − g_min), the weight span of one
   device, and levels = pulse_levels − 1, the pulses across it (NeuroSim's device model), i.e. n = round(Δw/ε)
@@ -156,6 +160,12 @@ class InSituUpdate(Update):
               "scale on the current batch every this many steps (omit: only when an epoch starts; "
               "recipe hwa: 20). In-situ weights grow within an epoch and clip at a full scale set before.",
               lo=1, optional=True),
+        Field("insitu_feedback", "bool", None, "In-situ mixed: subtract the devices' read-back change "
+              "from the accumulator (closed loop: chi keeps what nonlinearity and cycle-to-cycle noise "
+              "missed) instead of the nominal n device steps (omit: false; recipe hwa: true).",
+              optional=True),
+        Field("insitu_threshold", "float", 1.0, "In-situ mixed: the accumulator fires only where |chi| >= "
+              "this many device steps (1: every whole step).", lo=1.0, hi=1000.0),
     )
     refresh_frac = 0.75   # insitu_pairs "potentiate": a pair whose larger device passes this share of the window is refreshed
 
@@ -168,6 +178,8 @@ class InSituUpdate(Update):
         upd = cls(setup, rng)
         upd.potentiate = cfg.insitu_pairs == "potentiate" and setup.device.pulse_levels is not None
         upd.calibrate_steps = cfg.adc_calibrate_steps
+        upd.closed_loop = bool(cfg.insitu_feedback)
+        upd.threshold = cfg.insitu_threshold
         return upd
 
     def __init__(self, setup, rng=None):
@@ -177,6 +189,8 @@ class InSituUpdate(Update):
         self.counters = {"pulses": 0, "writes": 0, "steps": 0}
         self.potentiate = False
         self.calibrate_steps: int | None = None
+        self.closed_loop = False   # mixed: feed the devices' actual change back into chi
+        self.threshold = 1.0       # mixed: fire only where |chi| >= threshold * eps
         self._steps_seen = 0
 
     def before_step(self, net, x=None):
@@ -240,11 +254,15 @@ class InSituUpdate(Update):
             if layer.mask is not None:
                 n[:layer.n_in][~layer.mask] = 0.0
             if np.any(n):
+                before = st.prev
                 if st.pulsed:
                     self._pulse(layer, n)
                 else:
                     self._relevel(layer, st, n)
                 self._store(layer, st)
+                if self.closed_loop and st.chi is not None:
+                    # what the devices did (read back), not the nominal n·eps: chi keeps the rest
+                    st.chi += n * st.eps - (st.prev - before)
             else:
                 layer.W[...] = st.prev[:layer.n_in]
                 if layer.b is not None:
@@ -338,6 +356,8 @@ class MixedUpdate(InSituUpdate):
     def counts(self, st, delta):
         st.chi += delta
         n = np.trunc(st.chi / st.eps)
+        if self.threshold != 1.0:
+            n[np.abs(st.chi) < self.threshold * st.eps] = 0.0
         st.chi -= n * st.eps
         return n
 
