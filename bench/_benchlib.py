@@ -12,6 +12,7 @@ the numba threading layer and thread count, torch's thread count and numpy's BLA
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -101,3 +102,15 @@ def thread_info() -> dict:
     info["numpy_version"] = np.__version__
     info["numpy_blas"] = blas_info()
     return info
+
+
+def require_aihwkit():
+    """torch, with aihwkit importable beside it; else say how to build them and exit 0 (a skip)."""
+    try:
+        import aihwkit  # noqa: F401
+        import torch
+    except ImportError as exc:
+        print(f"aihwkit is not importable here ({exc}); skipping. Build it with "
+              "../shared/tools/install-peers.sh and run this script with that venv's python.")
+        sys.exit(0)
+    return torch

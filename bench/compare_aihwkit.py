@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+from _benchlib import require_aihwkit
 
 TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 365 * 86400.0}
 TARGETS = np.linspace(0.0, 25.0, 20)
@@ -34,13 +35,8 @@ TOL_LAYER = 0.05
 
 
 def _imports():
-    try:
-        import torch
-        from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
-    except ImportError as exc:
-        print(f"aihwkit is not importable here ({exc}); skipping. Build it with "
-              "../shared/tools/install-peers.sh and run this script with that venv's python.")
-        sys.exit(0)
+    torch = require_aihwkit()
+    from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
     return torch, PCMLikeNoiseModel
 
 

@@ -34,19 +34,11 @@ import sys
 import time
 
 import numpy as np
+from _benchlib import require_aihwkit
 
 TIMES = {"0 s": 0.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 365 * 86400.0}
 
 
-def _imports():
-    try:
-        import aihwkit  # noqa: F401
-        import torch
-    except ImportError as exc:
-        print(f"aihwkit is not importable here ({exc}); skipping. Build it with "
-              "../shared/tools/install-peers.sh and run this script with that venv's python.")
-        sys.exit(0)
-    return torch
 
 
 def rpu_config(adc_bits: int, tile: int, modifier: float):
@@ -101,7 +93,7 @@ def main(argv=None) -> int:
                    "JSON holds the latest")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    torch = _imports()
+    torch = require_aihwkit()
     from aihwkit.optim import AnalogAdam
 
     from xbar import data as xdata
