@@ -253,10 +253,10 @@ def _targets(tr):
     return [st.prev + st.chi for st in tr.update.states]
 
 
-def test_closed_loop_target_equals_sum_of_optimizer_updates():
-    # nonlinear, noisy agsi: with feedback, device weight + chi is exactly the sum of the optimizer's
-    # updates (chi keeps what the devices missed); open loop (the default) drifts away from it
-    tr, (X, y, _, _) = _insitu("split", insitu_feedback=True)
+def _gap_to_optimizer_target(**kw) -> float:
+    """Train 8 steps of mixed on agsi; the largest |device weight + chi - (start + sum of the
+    optimizer's updates)| over all cells."""
+    tr, (X, y, _, _) = _insitu("split", **kw)
     target = _targets(tr)
     upd = tr.update
     orig = upd.counts
@@ -269,21 +269,15 @@ def test_closed_loop_target_equals_sum_of_optimizer_updates():
     upd.counts = spy
     for s in range(0, 256, 32):
         tr.step(X[s:s + 32], y[s:s + 32])
-    for t, now in zip(target, _targets(tr)):
-        np.testing.assert_allclose(now, t, rtol=0, atol=1e-9)
-    tr_open, _ = _insitu("split")
-    t_open = _targets(tr_open)
-    upd2, orig2 = tr_open.update, tr_open.update.counts
+    assert upd.counters["pulses"] > 0
+    return max(float(np.abs(now - t).max()) for t, now in zip(target, _targets(tr)))
 
-    def spy2(st, delta):
-        i = upd2.states.index(st)
-        t_open[i] = t_open[i] + delta
-        return orig2(st, delta)
 
-    upd2.counts = spy2
-    for s in range(0, 256, 32):
-        tr_open.step(X[s:s + 32], y[s:s + 32])
-    assert max(np.abs(now - t).max() for t, now in zip(t_open, _targets(tr_open))) > 1e-4
+def test_closed_loop_target_equals_sum_of_optimizer_updates():
+    # nonlinear, noisy agsi: with feedback, device weight + chi is exactly the sum of the optimizer's
+    # updates (chi keeps what the devices missed); open loop (the default) drifts away from it
+    assert _gap_to_optimizer_target(insitu_feedback=True) <= 1e-9
+    assert _gap_to_optimizer_target() > 1e-4
 
 
 def test_threshold_holds_small_accumulators_back():
