@@ -190,8 +190,11 @@ class Run:
         """A new Network as saved, or with every crossbar read `at_seconds` after programming
         (Crossbar.at; compensate: global drift compensation)."""
         rng = np.random.default_rng(0)   # layers draw initial weights; they are overwritten
-        if self.network_spec is not None:
-            return self._network_from_spec(rng, at_seconds, compensate)
+        net = self._network_from_spec(rng) if self.network_spec is not None else self._dense_network(rng)
+        return net if at_seconds is None else net.at(at_seconds, compensate)
+
+    def _dense_network(self, rng) -> Network:
+        """A chain of Dense layers (runs saved without a network spec)."""
         layers = []
         for spec in self._layers:
             layer = Dense(spec["n_in"], spec["n_out"], spec["activation"], rng=rng, bias=spec["b"] is not None)
@@ -199,12 +202,11 @@ class Run:
             if spec["mask"] is not None:
                 layer.mask = spec["mask"].copy()
             if spec["crossbar"] is not None:
-                xb = crossbar_from_state(*spec["crossbar"])
-                layer.crossbar = xb if at_seconds is None else xb.at(at_seconds, compensate=compensate)
+                layer.crossbar = crossbar_from_state(*spec["crossbar"])
             layers.append(layer)
         return Network(layers, self.output, self.network_name)
 
-    def _network_from_spec(self, rng, at_seconds, compensate) -> Network:
+    def _network_from_spec(self, rng) -> Network:
         """Any network (conv, pooling, batch norm, binary): rebuilt from its spec, then restored."""
         from .nn import BatchNorm, NetworkSpec
         spec = NetworkSpec.from_dict(self.network_spec["data"], file=self.network_spec.get("file"))
@@ -225,8 +227,7 @@ class Run:
                 for k, v in arrays.items():
                     setattr(layer.bn, k, np.ascontiguousarray(v, dtype=np.float32))
             if saved["crossbar"] is not None:
-                xb = crossbar_from_state(*saved["crossbar"])
-                layer.crossbar = xb if at_seconds is None else xb.at(at_seconds, compensate=compensate)
+                layer.crossbar = crossbar_from_state(*saved["crossbar"])
         return net
 
     def scores(self, X, y, at_seconds: float | None = None, compensate: bool = False,

@@ -149,6 +149,18 @@ class Network:
             if not layer.branch:
                 chain = z
 
+    def at(self, seconds: float, compensate: bool | str = False) -> Network:
+        """A shallow copy whose layers read their crossbars `seconds` after programming
+        (:meth:`xbar.crossbar.Crossbar.at`, with its global drift compensation); this network is
+        not changed."""
+        import copy
+        out = copy.copy(self)
+        out.layers = [copy.copy(layer) for layer in self.layers]
+        for layer in out.layers:
+            if layer.crossbar is not None:
+                layer.crossbar = layer.crossbar.at(seconds, compensate=compensate)
+        return out
+
     def params(self) -> list[np.ndarray]:
         return [p for layer in self.layers for p in layer.params()]
 

@@ -94,16 +94,10 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
 def after_programming(cfg: TrainConfig, net: Network, X: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
     """Test accuracy of the trained network read cfg.eval_at_s seconds after its last programming
     (Crossbar.at, with cfg.eval_compensate), one dict per time; the network itself is not changed."""
-    import copy
     comp = {"exact": True, "read": "read", "none": False}[cfg.eval_compensate]
     out = []
     for t in cfg.eval_at_s:
-        aged = copy.copy(net)
-        aged.layers = [copy.copy(layer) for layer in _read_net(cfg, net).layers]
-        for layer in aged.layers:
-            if layer.crossbar is not None:
-                layer.crossbar = layer.crossbar.at(float(t), compensate=comp)
-        loss, acc = evaluate(aged, X, y)
+        loss, acc = evaluate(_read_net(cfg, net).at(t, comp), X, y)
         out.append({"t_s": float(t), "compensate": cfg.eval_compensate, "test_accuracy": acc, "test_loss": loss})
     return out
 
