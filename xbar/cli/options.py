@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ..config import human_time, parse_tile  # noqa: F401  (human_time: for the commands)
+from ..config import parse_tile
 from ..errors import UsageError, XbarError
 from ..jsonio import dumps
 

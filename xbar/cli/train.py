@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 
+from ..config import human_time
 from ..errors import XbarError
 from .options import (
     HelpFormatter,
@@ -15,7 +16,6 @@ from .options import (
     check_out,
     command,
     config_from_args,
-    human_time,
     join_dash_values,
     print_json,
     print_table,
