@@ -57,8 +57,8 @@ HWA_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 0.9, "batch_size": 
 # Closed loop (insitu_feedback: chi keeps what the nonlinear, noisy devices missed): Adam 1e-3,
 # decay 0.85: 84.17 % (the accumulator keeps correcting c2c noise, so late epochs still pulse and
 # wander); decay 0.7: 85.57 %, the best measured, hence the default. Diagnostics: the same recipe
-# on a linear noise-free agsi (15 epochs, decay 0.85): 86.34 %; the threshold of insitu_threshold
-# 2-10 steps did not help on the screen (79.1-79.9 % against 79.8 % at 1).
+# on a linear noise-free agsi (15 epochs, decay 0.85): 86.34 %; insitu_threshold 1.5-10 steps did not
+# help on the screen (78.15-80.25 % against 79.75 % at 1; full scale, threshold 2: 84.42 %).
 INSITU_DEFAULTS = {"pulse": {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 0.9, "batch_size": 64,
                              "epochs": 30, "quant": "device", "range": "init", "gain": "layer",
                              "adc_calibrate_steps": 20},
