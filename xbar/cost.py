@@ -152,7 +152,7 @@ class Periphery:
     """The crossbar configuration the counts depend on (one per network, or per layer).
 
     tile: (tile_rows, tile_cols) cells per array; devices_per_cell: 2 (differential) or 1 (offset);
-    planes: bit slices; adc_bits/dac_bits: None = ideal in the simulation (costed at the constants'
+    planes: bit slices times replicas; adc_bits/dac_bits: None = ideal in the simulation (costed at the constants'
     defaults); bias_row: the bias sits on an extra array row (in-situ updates) instead of being
     added digitally; g_mid_us: the conductance assumed for a kept device when reading (µS).
     """
@@ -176,7 +176,8 @@ class Periphery:
     def from_crossbar(cls, xb) -> Periphery:
         d = xb.device
         return cls(tile=tuple(xb.tile), devices_per_cell=2 if xb.mapping == "differential" else 1,
-                   planes=xb.slices, adc_bits=xb.adc_bits, dac_bits=xb.dac_bits, bias_row=xb.bias == "row",
+                   planes=xb.slices * xb.replicas, adc_bits=xb.adc_bits, dac_bits=xb.dac_bits,
+                   bias_row=xb.bias == "row",
                    g_mid_us=0.5 * (d.g_min_us + d.g_max_us))
 
     @classmethod
@@ -186,7 +187,7 @@ class Periphery:
         (their ``bias_row``)."""
         from .train.updates import UPDATES
         d = cfg.device_obj()
-        return cls(tile=parse_tile(cfg.tile), adc_bits=cfg.adc_bits, dac_bits=cfg.dac_bits,
+        return cls(tile=parse_tile(cfg.tile), planes=cfg.replicas, adc_bits=cfg.adc_bits, dac_bits=cfg.dac_bits,
                    bias_row=cfg.update is not None and UPDATES.get(cfg.update).bias_row,
                    g_mid_us=0.5 * (d.g_min_us + d.g_max_us))
 

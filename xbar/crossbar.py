@@ -132,7 +132,7 @@ class Crossbar:
                 cells = np.vstack([cells, np.zeros((1, n_out), bool)])
         has_bias_row = b is not None and self.bias == "row"
         if old is None:   # the first program: refuse arrays that cannot be allocated, before trying
-            check_fits(self.slices * crossbar_bytes(shape[0], shape[1], self.tile),
+            check_fits(self.slices * self.replicas * crossbar_bytes(shape[0], shape[1], self.tile),
                        f"a {shape[0]}x{shape[1]} crossbar on {self.tile[0]}x{self.tile[1]} tiles",
                        "use a smaller tile or matrix")
         planes = self.planner.plan(W)
@@ -268,8 +268,8 @@ class Crossbar:
     def pulse(self, n_pos, n_neg=None) -> Crossbar:
         """Apply signed pulse counts to the devices in place (in-situ update, NeuroSim model).
 
-        n_pos, n_neg: (in, out) integer arrays of pulses for G+ and G- (G- only for differential);
-        see :meth:`xbar.tile.physics.DeviceArray.pulse` for the device response. Needs `pulse_levels`.
+        n_pos, n_neg: integer arrays of pulses for G+ and G- (G- only for differential), (in, out)
+        (in + 1 rows with a bias row), or (replicas, in, out) with replicas > 1; see :meth:`xbar.tile.physics.DeviceArray.pulse` for the device response. Needs `pulse_levels`.
         """
         self._check_programmed()
         st = self.state

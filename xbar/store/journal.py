@@ -32,7 +32,8 @@ NEUTRAL_DEFAULTS = {"ir_drop": "none", "r_wire_ohm": 0.0, "v_read": 0.2, "ir_dro
                     "adc_offset_lsb": 0.0, "adc_gain_rel": 0.0, "adc_inl_lsb": 0.0, "init": None,
                     "hwa_age_min_s": 3600.0, "hwa_age_max_s": 3.1536e7, "hwa_clip_sigma": 0.0,
                     "eval_at_s": None, "eval_compensate": "exact", "insitu_pairs": "split",
-                    "adc_calibrate_steps": None, "insitu_feedback": None, "insitu_threshold": 1.0}
+                    "adc_calibrate_steps": None, "insitu_feedback": None, "insitu_threshold": 1.0,
+                    "replicas": 1}
 # Checksummed object headers (superblock v3, object header v2) need HDF5 >= 1.10 to read.
 LIBVER = ("v110", "latest")
 KEY_PATTERN = re.compile(r"[0-9a-f]{16}")

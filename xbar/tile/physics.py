@@ -101,25 +101,41 @@ class DeviceArray:
         return None if nus[0] is None else np.stack(nus)
 
     def pulse_pair(self, g0: list[np.ndarray], n_pos, n_neg, shape: tuple[int, int], stats: dict) -> list:
-        """Validated signed pulse counts on each device of the pairs: the new (1, rows, out) arrays.
+        """Validated signed pulse counts on each device of the pairs: the new (P, rows, out) arrays.
 
-        g0: the as-programmed conductances of G+ (and G-), (1, rows, out) each; n_neg None means no
+        g0: the as-programmed conductances of G+ (and G-), (P, rows, out) each (P planes: replicas);
+        n_pos / n_neg: counts (rows, out) when P = 1, else (P, rows, out); n_neg None means no
         pulses on G-. Counts every pulse in stats["pulses"].
         """
-        counts = [as_matrix("n_pos", n_pos, cols=shape[1])]
-        if len(g0) > 1:
-            counts.append(as_matrix("n_neg", np.zeros_like(counts[0]) if n_neg is None else n_neg, cols=shape[1]))
-        for c in counts:
+        planes = g0[0].shape[0]
+        full = (planes,) + tuple(shape)
+
+        def counts_of(name, n):
+            n = np.asarray(n)
+            if n.ndim == 3:
+                if n.shape != full:
+                    raise ShapeError(f"{name}: expected pulse counts of shape {full}, got {n.shape}")
+                return [as_matrix(name, c, cols=shape[1]) for c in n]
+            if planes != 1:
+                raise ShapeError(f"{name}: this crossbar has {planes} replicas: expected pulse counts of "
+                                 f"shape {full}, got {n.shape}")
+            c = as_matrix(name, n, cols=shape[1])
             if c.shape[0] != shape[0]:
-                raise ShapeError(f"pulse counts: expected shape {shape}, got {c.shape}")
+                raise ShapeError(f"pulse counts: expected shape {tuple(shape)}, got {c.shape}")
+            return [c]
+
+        counts = [counts_of("n_pos", n_pos)]
+        if len(g0) > 1:
+            counts.append(counts_of("n_neg", np.zeros(full if planes > 1 else shape) if n_neg is None else n_neg))
         new = []
         for k, (g, n) in enumerate(zip(g0, counts)):
-            new.append(self.pulse(g[0], n, k)[None])
-            stats["pulses"] = stats.get("pulses", 0) + int(np.abs(n).sum())
+            new.append(np.stack([self.pulse(g[q], n[q], k, q) for q in range(planes)]))
+            stats["pulses"] = stats.get("pulses", 0) + int(sum(np.abs(c).sum() for c in n))
         return new
 
-    def pulse(self, g: np.ndarray, n: np.ndarray, k: int) -> np.ndarray:
-        """Signed pulse counts n (rows, out) on device k holding g (rows, out): the NeuroSim response.
+    def pulse(self, g: np.ndarray, n: np.ndarray, k: int, plane: int = 0) -> np.ndarray:
+        """Signed pulse counts n (rows, out) on device k of plane `plane` holding g (rows, out): the
+        NeuroSim response.
 
         > 0 potentiates along the LTP curve, < 0 depresses along the LTD curve (its mirror image
         from g_max), each with A = P_max / |nonlinearity|; every pulse train adds cycle-to-cycle
@@ -129,10 +145,10 @@ class DeviceArray:
         if d.pulse_levels is None:
             raise ConfigError(f"device {d.name!r} has no pulse_levels: pulse updates need the "
                               "pulse response (pulse_levels, nonlinearity_ltp/ltd, c2c_rel)")
-        p = self.persistent((1,) + g.shape)
+        p = self.persistent((plane + 1,) + g.shape)   # drawn at the first programming, all planes
         g = g.copy()
         if p["gmin"] is not None:
-            lo, hi = p["gmin"][k][0], p["gmax"][k][0]
+            lo, hi = p["gmin"][k][plane], p["gmax"][k][plane]
         else:
             lo, hi = np.full_like(g, d.g_min_us), np.full_like(g, d.g_max_us)
         n = n.astype(np.float64)
@@ -154,7 +170,7 @@ class DeviceArray:
                 self.rng.standard_normal(int(moved.sum()))
         g = np.clip(g, lo, hi)
         if p["stuck"] is not None:
-            s = p["stuck"][k][0]
+            s = p["stuck"][k][plane]
             g = np.where(s == 1, hi, np.where(s == -1, lo, g))
         return g
 

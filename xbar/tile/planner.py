@@ -37,12 +37,24 @@ class Planner:
         """Target planes for W (rows, out) (the bias row already stacked when bias is "row")."""
         self.fresh = None
         if self.fused:
-            return self._fused_quant(W) if self.s.quant is not None else self._fused(W)
-        s, levels = self.s, self.levels
-        codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
-                                    slices=s.slices, mapping=s.mapping, quant=s.quant,
-                                    quant_bits=s.quant_bits, rng=s.range, gain=s.gain, w_range=s.w_range)
-        return mp.codes_to_planes(codes, self.device, s.mapping, s.slices)
+            planes = self._fused_quant(W) if self.s.quant is not None else self._fused(W)
+        else:
+            s, levels = self.s, self.levels
+            codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
+                                        slices=s.slices, mapping=s.mapping, quant=s.quant,
+                                        quant_bits=s.quant_bits, rng=s.range, gain=s.gain, w_range=s.w_range)
+            planes = mp.codes_to_planes(codes, self.device, s.mapping, s.slices)
+        return self.replicate(planes)
+
+    def replicate(self, planes: mp.Planes) -> mp.Planes:
+        """`replicas` copies of the one plane, each with significance 1 and the column gain divided
+        among them: w = (alpha / R) * sum_r (G+_r - G-_r) holds the same weight on R unit cells."""
+        R = self.s.replicas
+        if R == 1:
+            return planes
+        self.fresh = None   # the fused kernels' read-ready arrays describe one plane
+        return mp.Planes(np.repeat(planes.gp, R, axis=0), np.repeat(planes.gn, R, axis=0), np.ones(R),
+                         planes.alpha / R, planes.beta, planes.clipped)
 
     def _fused(self, W: np.ndarray) -> mp.Planes:
         """Nearest device level on a differential pair, in one numba pass."""

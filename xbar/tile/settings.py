@@ -62,6 +62,13 @@ def check_v_read(device, v_read: float) -> None:
                           "lower v_read or give a fit validated that far")
 
 
+# Also a train/sweep option (xbar.train.config takes this Field spec as it is).
+REPLICAS = Field("replicas", "int", 1, "Unit cells of equal significance per weight (a differential pair "
+                 "each, or one device under offset mapping), every one programmed to the weight's "
+                 "target and read summed with the gain divided among them: write and read noise "
+                 "average down; in-situ updates share their pulses among them, so one pulse moves the "
+                 "weight by 1/replicas of a device step (aihwkit's VectorUnitCell).", lo=1, hi=8)
+
 # Simple fields go through the Field engine; tile, w_range, seed and the str-or-number ranges are
 # checked by hand below (tuples and open choices the engine does not express).
 FIELDS: tuple[Field, ...] = (
@@ -76,6 +83,7 @@ FIELDS: tuple[Field, ...] = (
           lo=1, hi=16, optional=True),
     Field("gain", "str", "layer", "Granularity of the digital gain under a local range.", choices=mp.GAINS),
     Field("slices", "int", 1, "Devices per weight (bit slicing).", lo=1, hi=8),
+    REPLICAS,
     Field("adc_percentile", "float", 100.0, "Percentile of |current| used by ADC calibration.",
           lo=0.0, lo_open=True, hi=100.0),
     Field("bias", "str", "digital", "Bias added after the ADC, or an extra row driven at 1.", choices=BIAS_MODES),
@@ -83,7 +91,7 @@ FIELDS: tuple[Field, ...] = (
     *PERIPHERY_FIELDS,
 )
 _BY_NAME = {f.name: f for f in FIELDS}
-_STRICT_INTS = ("adc_bits", "dac_bits", "quant_bits", "slices")
+_STRICT_INTS = ("adc_bits", "dac_bits", "quant_bits", "slices", "replicas")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,7 @@ class Settings:
     quant_bits: int | None = None
     gain: str = "layer"
     slices: int = 1
+    replicas: int = 1
     adc_range: Any = "calibrated"
     adc_percentile: float = 100.0
     dac_range: Any = "dynamic"
@@ -148,6 +157,9 @@ class Settings:
             if quant == "symm" and quant_bits < 2:
                 raise ConfigError(f"quant_bits = {quant_bits!r}: expected an integer in [2, 16] for quant 'symm'")
         out["quant_bits"] = quant_bits
+        if out["replicas"] > 1 and slices > 1:
+            raise ConfigError(f"replicas = {out['replicas']} with slices = {slices}: replicated cells hold "
+                              "the whole weight each; use one of the two (slices = 1 or replicas = 1)")
         check_periphery(out)
         check_v_read(device, out["v_read"])
         return cls(**out)

@@ -11,7 +11,7 @@ from ..config import Field, FieldConfig, parse_tile
 from ..device import Device
 from ..errors import ConfigError
 from ..nn import NetworkSpec
-from ..tile.settings import PERIPHERY_FIELDS, check_periphery, check_v_read
+from ..tile.settings import PERIPHERY_FIELDS, REPLICAS, check_periphery, check_v_read
 from .defaults import BASE_DEFAULTS, default_update
 from .optim import DEFAULT_LR, OPTIMIZERS
 from .recipes import RECIPES
@@ -58,6 +58,7 @@ BASE_FIELDS: tuple[Field, ...] = (
           optional=True),
     Field("dac_bits", "int", None, "Input DAC resolution (omit: analog inputs).", lo=2, hi=16, optional=True),
     *PERIPHERY_FIELDS,   # ADC errors and wires, as the crossbar declares them
+    REPLICAS,
     Field("init", "str", None, "Start from a saved run (.h5): weights, biases, masks, batch norms "
           "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
@@ -225,7 +226,7 @@ class TrainConfig(FieldConfig):
                            options={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
                                     "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read,
                                     "adc_offset_lsb": self.adc_offset_lsb, "adc_gain_rel": self.adc_gain_rel,
-                                    "adc_inl_lsb": self.adc_inl_lsb})
+                                    "adc_inl_lsb": self.adc_inl_lsb, "replicas": self.replicas})
 
 
 FIELDS: tuple[Field, ...] = TrainConfig.fields()   # the shipped rules' and schemes' options included

@@ -7,7 +7,7 @@ extra array row of the same crossbar, ``bias="row"``, and are updated like the w
   into a digital float64 accumulator χ. The threshold ε is one device step in weight units,
   derived from the layer's fixed grid: on a pulse device, the nominal (linear-equivalent) change
   of one pulse, ε = α·(g_max − g_min)/(pulse_levels − 1) = m/(pulse_levels − 1) for the range
-  [−m, m]; on a device with uniform levels, one level, ε = m/(L − 1) (quant "device"; the
+  [−m, m] (divided by ``replicas``, see below); on a device with uniform levels, one level, ε = m/(L − 1) (quant "device"; the
   asymm/symm grids use their own spacing). Then n = trunc(χ/ε) steps are applied (n pulses
   through ``Crossbar.pulse``, nonlinear response and c2c noise included; or n levels, by
   reprogramming the cells whose level changed) and χ −= n·ε. As in the paper, the nominal n·ε is
@@ -29,6 +29,13 @@ over [−m, m], crossing zero by handing over to the other device: NeuroSim's LT
 LTD-for-negative model, with no refresh needed (a device saturates only when |w| reaches m).
 The pulses that bring a device to g_min are computed from the nominal window (a controller does
 not know each device's spread).
+
+With ``replicas`` R > 1 (the crossbar option) each weight sits on R such pairs of equal
+significance, read summed with the gain divided among them: one pulse on one pair moves the
+weight by ε = m / (R·(pulse_levels − 1)), and its cycle-to-cycle noise is 1/R as large in weight
+units, so the noise a weight collects per step of its own falls as 1/√R while its range stays
+[−m, m]. A signed count n is shared among the pairs (:func:`share_pulses`: |n| // R each, the rest
+to the pairs that lag) and each pair then updates as above.
 
 Both need a fixed grid: range "global" or "init" (a level that moves under range "local" makes
 pulses meaningless).
@@ -177,6 +184,9 @@ class InSituUpdate(Update):
     def from_config(cls, cfg, setup, rng=None):
         upd = cls(setup, rng)
         upd.potentiate = cfg.insitu_pairs == "potentiate" and setup.device.pulse_levels is not None
+        if upd.potentiate and replicas(setup) > 1:
+            raise ConfigError(f"insitu_pairs = 'potentiate' refreshes one pair per weight: it needs "
+                              f"replicas = 1 (got {replicas(setup)}); use insitu_pairs = 'split'")
         upd.calibrate_steps = cfg.adc_calibrate_steps
         upd.closed_loop = bool(cfg.insitu_feedback)
         upd.threshold = cfg.insitu_threshold
@@ -210,7 +220,9 @@ class InSituUpdate(Update):
             stacked = stack_rows(layer.stored_weights(), layer.b)
             m = max(abs(setup.w_range[0]), abs(setup.w_range[1]))
             if setup.device.pulse_levels is not None:
-                st = LayerState(eps=m / (setup.device.pulse_levels - 1), pulsed=True, prev=stacked)
+                # one pulse moves one of the weight's `replicas` unit cells: 1/replicas of a device step
+                st = LayerState(eps=m / (replicas(setup) * (setup.device.pulse_levels - 1)), pulsed=True,
+                                prev=stacked)
                 layer.program()
             else:
                 n = setup.steps()
@@ -273,7 +285,12 @@ class InSituUpdate(Update):
             return self._pulse_potentiate(layer, n)
         xb = layer.crossbar
         gp, gn = xb.conductances()
-        n_pos, n_neg = split_pair(n, gp[0], gn[0], xb.device)
+        if gp.shape[0] == 1:
+            n_pos, n_neg = split_pair(n, gp[0], gn[0], xb.device)
+        else:
+            shares = share_pulses(n, gp - gn)
+            pairs = [split_pair(c, p, q, xb.device) for c, p, q in zip(shares, gp, gn)]
+            n_pos, n_neg = np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
         xb.pulse(n_pos, n_neg)
         self.counters["pulses"] += int(np.abs(n_pos).sum() + np.abs(n_neg).sum())
         self.counters["writes"] += int(np.count_nonzero(n))
@@ -378,6 +395,28 @@ class PulseUpdate(InSituUpdate):
     def counts(self, st, delta):
         span = st.eps * (self.setup.device.pulse_levels - 1)
         return pulse_count(delta, span, self.setup.device.pulse_levels - 1)
+
+
+def replicas(setup: DeviceSetup) -> int:
+    """Unit cells per weight of a layer's crossbars (the crossbar option ``replicas``)."""
+    return int((setup.options or {}).get("replicas", 1))
+
+
+def share_pulses(n: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Signed pulse counts n (rows, out) shared among the r replicas of each weight: (r, rows, out).
+
+    level: (r, rows, out), where each replica stands now (G+ − G−). Every replica gets |n| // r
+    pulses; the |n| mod r left over go one each to the replicas that lag: the lowest for n > 0,
+    the highest for n < 0 (ties: the first replica first). The replicas of a weight thus stay
+    within about a pulse of each other, and none saturates before the others.
+    """
+    r = level.shape[0]
+    mag = np.abs(n)
+    base, rest = np.floor_divide(mag, r), np.mod(mag, r)
+    order = np.argsort(np.where(n[None] < 0, -level, level), axis=0, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(r)[:, None, None] + np.zeros_like(order), axis=0)
+    return np.sign(n)[None] * (base[None] + (rank < rest[None]))
 
 
 def stack_rows(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
