@@ -3,6 +3,7 @@ what was left unset (recipe, then the update scheme's defaults) and refuses what
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -58,7 +59,9 @@ BASE_FIELDS: tuple[Field, ...] = (
           optional=True),
     Field("dac_bits", "int", None, "Input DAC resolution (omit: analog inputs).", lo=2, hi=16, optional=True),
     *PERIPHERY_FIELDS,   # ADC errors and wires, as the crossbar declares them
-    REPLICAS,
+    # the crossbar's option, left unset so that a recipe can fill it (resolved: 1 unless one does)
+    dataclasses.replace(REPLICAS, default=None, optional=True,
+                        doc=REPLICAS.doc + " Omit: 1 (recipe hwa, in-situ on a pulse device: 2)."),
     Field("init", "str", None, "Start from a saved run (.h5): weights, biases, masks, batch norms "
           "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
@@ -226,7 +229,8 @@ class TrainConfig(FieldConfig):
                            options={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
                                     "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read,
                                     "adc_offset_lsb": self.adc_offset_lsb, "adc_gain_rel": self.adc_gain_rel,
-                                    "adc_inl_lsb": self.adc_inl_lsb, "replicas": self.replicas})
+                                    "adc_inl_lsb": self.adc_inl_lsb,
+                                    "replicas": BASE_DEFAULTS["replicas"] if self.replicas is None else self.replicas})
 
 
 FIELDS: tuple[Field, ...] = TrainConfig.fields()   # the shipped rules' and schemes' options included
