@@ -61,7 +61,7 @@ BASE_FIELDS: tuple[Field, ...] = (
     *PERIPHERY_FIELDS,   # ADC errors and wires, as the crossbar declares them
     # the crossbar's option, left unset so that a recipe can fill it (resolved: 1 unless one does)
     dataclasses.replace(REPLICAS, default=None, optional=True,
-                        doc=REPLICAS.doc + " Omit: 1 (recipe hwa, in-situ on a pulse device: 2)."),
+                        doc=REPLICAS.doc + " Omit: 1 (or a recipe's default)."),
     Field("init", "str", None, "Start from a saved run (.h5): weights, biases, masks, batch norms "
           "(hardware-aware fine-tuning of an imported or trained network).", optional=True),
     Field("ir_drop_train", "bool", True, "Train through the IR-dropped reads (true), or train with ideal "
