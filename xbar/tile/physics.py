@@ -115,27 +115,27 @@ class DeviceArray:
             if n.ndim == 3:
                 if n.shape != full:
                     raise ShapeError(f"{name}: expected pulse counts of shape {full}, got {n.shape}")
-                return [as_matrix(name, c, cols=shape[1]) for c in n]
+                return np.stack([as_matrix(name, c, cols=shape[1]) for c in n])
             if planes != 1:
                 raise ShapeError(f"{name}: this crossbar has {planes} replicas: expected pulse counts of "
                                  f"shape {full}, got {n.shape}")
             c = as_matrix(name, n, cols=shape[1])
             if c.shape[0] != shape[0]:
                 raise ShapeError(f"pulse counts: expected shape {tuple(shape)}, got {c.shape}")
-            return [c]
+            return c[None]
 
         counts = [counts_of("n_pos", n_pos)]
         if len(g0) > 1:
-            counts.append(counts_of("n_neg", np.zeros(full if planes > 1 else shape) if n_neg is None else n_neg))
+            counts.append(np.zeros_like(counts[0]) if n_neg is None else counts_of("n_neg", n_neg))
         new = []
         for k, (g, n) in enumerate(zip(g0, counts)):
-            new.append(np.stack([self.pulse(g[q], n[q], k, q) for q in range(planes)]))
-            stats["pulses"] = stats.get("pulses", 0) + int(sum(np.abs(c).sum() for c in n))
+            new.append(self.pulse(g, n, k))
+            stats["pulses"] = stats.get("pulses", 0) + int(np.abs(n).sum())
         return new
 
-    def pulse(self, g: np.ndarray, n: np.ndarray, k: int, plane: int = 0) -> np.ndarray:
-        """Signed pulse counts n (rows, out) on device k of plane `plane` holding g (rows, out): the
-        NeuroSim response.
+    def pulse(self, g: np.ndarray, n: np.ndarray, k: int) -> np.ndarray:
+        """Signed pulse counts n (P, rows, out) on device k of every plane holding g (P, rows, out):
+        the NeuroSim response.
 
         > 0 potentiates along the LTP curve, < 0 depresses along the LTD curve (its mirror image
         from g_max), each with A = P_max / |nonlinearity|; every pulse train adds cycle-to-cycle
@@ -145,10 +145,10 @@ class DeviceArray:
         if d.pulse_levels is None:
             raise ConfigError(f"device {d.name!r} has no pulse_levels: pulse updates need the "
                               "pulse response (pulse_levels, nonlinearity_ltp/ltd, c2c_rel)")
-        p = self.persistent((plane + 1,) + g.shape)   # drawn at the first programming, all planes
+        p = self.persistent(g.shape)   # drawn at the first programming
         g = g.copy()
         if p["gmin"] is not None:
-            lo, hi = p["gmin"][k][plane], p["gmax"][k][plane]
+            lo, hi = p["gmin"][k], p["gmax"][k]
         else:
             lo, hi = np.full_like(g, d.g_min_us), np.full_like(g, d.g_max_us)
         n = n.astype(np.float64)
@@ -170,7 +170,7 @@ class DeviceArray:
                 self.rng.standard_normal(int(moved.sum()))
         g = np.clip(g, lo, hi)
         if p["stuck"] is not None:
-            s = p["stuck"][k][plane]
+            s = p["stuck"][k]
             g = np.where(s == 1, hi, np.where(s == -1, lo, g))
         return g
 

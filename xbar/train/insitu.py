@@ -287,10 +287,8 @@ class InSituUpdate(Update):
         gp, gn = xb.conductances()
         if gp.shape[0] == 1:
             n_pos, n_neg = split_pair(n, gp[0], gn[0], xb.device)
-        else:
-            shares = share_pulses(n, gp - gn)
-            pairs = [split_pair(c, p, q, xb.device) for c, p, q in zip(shares, gp, gn)]
-            n_pos, n_neg = np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+        else:   # every replica's pair splits its share (elementwise over the replicas)
+            n_pos, n_neg = split_pair(share_pulses(n, gp - gn), gp, gn, xb.device)
         xb.pulse(n_pos, n_neg)
         self.counters["pulses"] += int(np.abs(n_pos).sum() + np.abs(n_neg).sum())
         self.counters["writes"] += int(np.count_nonzero(n))
