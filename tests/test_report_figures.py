@@ -149,6 +149,32 @@ def test_device_sweep_has_log_axis_chance_line_and_a_table(tmp_path, figures):
     assert csv[0].split(",")[:3] == ["dataset", "network", "update"] and len(csv) == 3
 
 
+TWO_DEVICES = """
+name = "two"
+
+[base]
+network = "digits-mlp"
+dataset = "digits"
+epochs = 2
+
+[grid]
+device = ["pcm-aihwkit", "rram-4bit"]
+update = ["qat", "stochastic"]
+bits = [1, 2]
+"""
+
+
+def test_the_accuracy_table_keeps_devices_apart(tmp_path):
+    """Found on the realistic sweep: the pivot table averaged the two devices' runs as if seeds."""
+    report(str(fake_store(tmp_path, TWO_DEVICES)), str(tmp_path / "rep"))
+    md = (tmp_path / "rep" / "table_accuracy.md").read_text()
+    assert "device=pcm-aihwkit" in md and "device=rram-4bit" in md
+    # fake_store: run i (grid order device, update, bits) scores 90 - 3 i: no cell is a mean of two
+    assert "| digits-mlp | qat | 90.00 | 87.00 |" in md and "| digits-mlp | qat | 78.00 | 75.00 |" in md
+    csv = (tmp_path / "rep" / "table_accuracy.csv").read_text().splitlines()
+    assert "device" in csv[0].split(",") and len(csv) == 5
+
+
 def test_a_swept_value_spanning_decades_gets_a_log_axis(tmp_path, figures):
     report(str(fake_store(tmp_path, LR)), str(tmp_path / "rep"))
     ax = one(figures, "accuracy_vs_lr").axes[0]

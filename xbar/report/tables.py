@@ -39,7 +39,11 @@ def pivot_tables(ok, plan, outdir: Path) -> list[str]:
     x = plan["x"]
     index = [k for k in ("network", plan["line"]) if k and k in ok.columns and k != x]
     index = list(dict.fromkeys(index)) or [plan["line"] or "key"]
-    split = [k for k in ("dataset", *plan["panels"]) if k in ok.columns and k not in index]
+    # every swept key that is neither a column nor a row gets sections of its own (the figures'
+    # keys too): the mean is over seeds only, never over devices or other swept settings
+    split = [k for k in ("dataset", *plan["panels"], *plan["figures"]) if k in ok.columns and k not in index
+             and k != x]
+    split = list(dict.fromkeys(split))
     md = ["# Final test accuracy (%), mean over seeds", ""]
     frames = []
     for sel, sub in grouped(ok, split):
