@@ -152,8 +152,8 @@ class Periphery:
     """The crossbar configuration the counts depend on (one per network, or per layer).
 
     tile: (tile_rows, tile_cols) cells per array; devices_per_cell: 2 (differential) or 1 (offset);
-    planes: bit slices times replicas; adc_bits/dac_bits: None = ideal in the simulation (costed at the constants'
-    defaults); bias_row: the bias sits on an extra array row (in-situ updates) instead of being
+    planes: bit slices times replicas; adc_bits/dac_bits: None = ideal in the simulation (costed at
+    the constants' defaults); bias_row: the bias sits on an extra array row (in-situ updates) instead of being
     added digitally; g_mid_us: the conductance assumed for a kept device when reading (µS).
     """
 

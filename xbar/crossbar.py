@@ -269,7 +269,8 @@ class Crossbar:
         """Apply signed pulse counts to the devices in place (in-situ update, NeuroSim model).
 
         n_pos, n_neg: integer arrays of pulses for G+ and G- (G- only for differential), (in, out)
-        (in + 1 rows with a bias row), or (replicas, in, out) with replicas > 1; see :meth:`xbar.tile.physics.DeviceArray.pulse` for the device response. Needs `pulse_levels`.
+        (in + 1 rows with a bias row), or (replicas, in, out) with replicas > 1; see
+        :meth:`xbar.tile.physics.DeviceArray.pulse` for the device response. Needs `pulse_levels`.
         """
         self._check_programmed()
         st = self.state

@@ -7,8 +7,8 @@ extra array row of the same crossbar, ``bias="row"``, and are updated like the w
   into a digital float64 accumulator χ. The threshold ε is one device step in weight units,
   derived from the layer's fixed grid: on a pulse device, the nominal (linear-equivalent) change
   of one pulse, ε = α·(g_max − g_min)/(pulse_levels − 1) = m/(pulse_levels − 1) for the range
-  [−m, m] (divided by ``replicas``, see below); on a device with uniform levels, one level, ε = m/(L − 1) (quant "device"; the
-  asymm/symm grids use their own spacing). Then n = trunc(χ/ε) steps are applied (n pulses
+  [−m, m] (divided by ``replicas``, see below); on a device with uniform levels, one level,
+  ε = m/(L − 1) (quant "device"; the asymm/symm grids use their own spacing). Then n = trunc(χ/ε) steps are applied (n pulses
   through ``Crossbar.pulse``, nonlinear response and c2c noise included; or n levels, by
   reprogramming the cells whose level changed) and χ −= n·ε. As in the paper, the nominal n·ε is
   subtracted, not the device's actual change (there is no verify), and χ starts at zero.
@@ -412,8 +412,7 @@ def share_pulses(n: np.ndarray, level: np.ndarray) -> np.ndarray:
     mag = np.abs(n)
     base, rest = np.floor_divide(mag, r), np.mod(mag, r)
     order = np.argsort(np.where(n[None] < 0, -level, level), axis=0, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(r)[:, None, None] + np.zeros_like(order), axis=0)
+    rank = np.argsort(order, axis=0)   # each replica's place in that order
     return np.sign(n)[None] * (base[None] + (rank < rest[None]))
 
 
