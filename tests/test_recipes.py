@@ -255,7 +255,7 @@ def _targets(tr):
 
 def _gap_to_optimizer_target(**kw) -> float:
     """Train 8 steps of mixed on agsi; the largest |device weight + chi - (start + sum of the
-    optimizer's updates)| over all cells."""
+    optimizer's updates, each sum clipped to the devices' range [lo, hi])| over all cells."""
     tr, (X, y, _, _) = _insitu("split", **kw)
     target = _targets(tr)
     upd = tr.update
@@ -263,7 +263,7 @@ def _gap_to_optimizer_target(**kw) -> float:
 
     def spy(st, delta):            # record each optimizer delta as it enters chi
         i = upd.states.index(st)
-        target[i] = target[i] + delta
+        target[i] = np.clip(target[i] + delta, st.lo, st.hi) if upd.closed_loop else target[i] + delta
         return orig(st, delta)
 
     upd.counts = spy
@@ -275,9 +275,26 @@ def _gap_to_optimizer_target(**kw) -> float:
 
 def test_closed_loop_target_equals_sum_of_optimizer_updates():
     # nonlinear, noisy agsi: with feedback, device weight + chi is exactly the sum of the optimizer's
-    # updates (chi keeps what the devices missed); open loop (the default) drifts away from it
+    # updates, held within the devices' range (chi keeps what the devices missed); open loop (the
+    # default) drifts away from it
     assert _gap_to_optimizer_target(insitu_feedback=True) <= 1e-9
     assert _gap_to_optimizer_target() > 1e-4
+
+
+def test_closed_loop_does_not_wind_up_on_saturated_devices():
+    # a large rate drives weights into the devices' limits: with feedback, the target (device
+    # weight + chi) stays within [lo, hi], so a saturated device gets no pulses and the weight
+    # leaves the limit as soon as the gradient turns
+    tr, (X, y, _, _) = _insitu("split", insitu_feedback=True)
+    for s in range(0, 256, 32):
+        tr.step(X[s:s + 32], y[s:s + 32])
+    sat = 0
+    for st in tr.update.states:
+        target = st.prev + st.chi
+        assert np.all(target >= st.lo - 1e-12) and np.all(target <= st.hi + 1e-12)
+        assert st.hi == -st.lo > 0
+        sat += int(np.count_nonzero(np.abs(st.prev) > 0.97 * st.hi))
+    assert sat > 0   # the test reaches the limits
 
 
 def test_threshold_holds_small_accumulators_back():

@@ -65,9 +65,10 @@ def print_result(result: dict, as_json: bool) -> None:
     print(f"{cfg.get('network')} on {cfg.get('dataset')}, {_hardware_text(cfg)}: status {result['status']}"
           + (f" ({result['message']})" if result.get("message") else ""))
     if result.get("test_accuracy") is not None:
-        print(f"test accuracy {result['test_accuracy']:.2f}%  train accuracy "
-              f"{result['train_accuracy'] if result['train_accuracy'] is None else round(result['train_accuracy'], 2)}%"
-              f"  ({result['seconds']:.1f} s)")
+        train = result.get("train_accuracy")
+        print(f"test accuracy {result['test_accuracy']:.2f}%"
+              + ("" if train is None else f"  train accuracy {train:.2f}%")
+              + f"  ({result['seconds']:.1f} s)")
     for a in result.get("after_programming") or []:
         print(f"  {human_time(a['t_s'])} after programming ({a['compensate']} drift compensation): "
               f"test accuracy {a['test_accuracy']:.2f}%")

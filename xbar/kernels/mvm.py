@@ -36,7 +36,7 @@ def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn
     out: (B, N) float32, overwritten. clipped: (B,) int64, overwritten with clipped conversions.
 
     Each row is done in short passes over N so the hot ones vectorize: hash + ziggurat fast path
-    (rejections, ~1.2%, are redone exactly in a second pass only when a row has any), then
+    (rejections, ~1.2%, are flagged and only those redone exactly in a second pass), then
     mean + sd * z, then the ADC and the accumulation.
     """
     T, B, N = M.shape
@@ -44,6 +44,7 @@ def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn
     key = stream_key(seed, counter)
     for b in prange(B):
         z = np.zeros(N, np.float32)
+        rej = np.zeros(N, np.uint8)
         cur = np.empty(N, np.float32)
         acc = np.zeros(N, np.float32)
         nclip = 0
@@ -56,13 +57,16 @@ def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn
                     iz = h0 & MASK7
                     hz = np.int32(np.uint32(h0 >> S32))
                     z[j] = np.float32(hz) * wn32[iz]
-                    nrej += abs(np.int64(hz)) >= kn[iz]
+                    r = abs(np.int64(hz)) >= kn[iz]
+                    rej[j] = r
+                    nrej += r
                 if nrej:
+                    # only the flagged draws are hashed again (the row's others keep their first try)
                     for j in range(N):
-                        h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
-                        iz = np.int64(h0 & MASK7)
-                        hz = np.int64(np.int32(np.uint32(h0 >> S32)))
-                        if abs(hz) >= kn[iz]:
+                        if rej[j]:
+                            h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
+                            iz = np.int64(h0 & MASK7)
+                            hz = np.int64(np.int32(np.uint32(h0 >> S32)))
                             z[j] = normal_slow(h0, iz, hz, kn, wn, fn)
                 for j in range(N):
                     cur[j] = M[t, b, j] + math.sqrt(max(V[t, b, j], np.float32(0.0))) * z[j]

@@ -39,8 +39,9 @@ BASE_FIELDS: tuple[Field, ...] = (
     Field("range", "str", None, "Grid range: global [-w_max, w_max]; init (fixed per layer from the "
           "initial weights); local (per tensor, every step).", choices=RANGES, optional=True),
     Field("w_max", "float", 1.0, "Half-width of the global range.", lo=0.0, lo_open=True),
-    Field("range_scale", "float", 2.0, "Under range 'init': half-width / max|W| at initialisation.",
-          lo=0.0, lo_open=True),
+    Field("range_scale", "float", None, "Under range 'init': half-width / max|W| at initialisation "
+          "(omit: 2, or a recipe's default; recipe hwa, update mixed: 4).", lo=0.0, lo_open=True,
+          optional=True),
     Field("gain", "str", None, "Digital gain granularity under a local range.", choices=GAINS,
           optional=True),
     Field("epochs", "int", None, "Passes over the training set.", lo=1, hi=100000, optional=True),
@@ -225,7 +226,7 @@ class TrainConfig(FieldConfig):
         bits = self.bits if self.bits is not None else dev.bits
         return DeviceSetup(device=dev, bits=bits, quant=self.quant, range=self.range,
                            w_range=(-self.w_max, self.w_max), gain=self.gain, tile=parse_tile(self.tile),
-                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.range_scale,
+                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=BASE_DEFAULTS["range_scale"] if self.range_scale is None else self.range_scale,
                            options={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
                                     "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read,
                                     "adc_offset_lsb": self.adc_offset_lsb, "adc_gain_rel": self.adc_gain_rel,

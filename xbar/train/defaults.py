@@ -21,7 +21,8 @@ SEED_RECIPE = {"optimizer": "adadelta", "lr": 1.0, "lr_gamma": 0.7, "batch_size"
 # - stochastic: a range fixed per layer at 2x the initial max|W|: rounding noise diffuses the
 #   weights, and a moving local range amplifies it (2 bits, 2 epochs: 84.1 % against 77.9 %
 #   global and 80.7 % local-column).
-BASE_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 1.0, "batch_size": 64, "epochs": 30, "replicas": 1}
+BASE_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 1.0, "batch_size": 64, "epochs": 30, "replicas": 1,
+                 "range_scale": 2.0}
 # The update scheme when none is given: a device (or bits) asks for the device, so a run that
 # names one never trains in float without it; the device path that needs nothing else is qat.
 DEVICE_UPDATE = "qat"
