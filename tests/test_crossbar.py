@@ -730,3 +730,28 @@ def test_mask_is_validated():
     xb = Crossbar(Device.preset("ideal"))
     with pytest.raises(ShapeError, match="mask: expected a boolean array of shape"):
         xb.program(np.zeros((4, 3), np.float32), mask=np.ones((3, 4), bool))
+
+
+@pytest.mark.parametrize("tile,mapping,adc_bits,shape", [((64, 64), "differential", 8, (70, 130)),
+                                                         ((4, 4), "offset", None, (9, 7)),
+                                                         ((16, 8), "differential", 6, (33, 17))])
+def test_uniform_read_variance_needs_no_variance_product(tile, mapping, adc_bits, shape):
+    # additive read noise: every cell has the same variance, so a tile output's variance is that
+    # constant times the sum of x² over the tile's inputs; equal to the general product up to
+    # float32 rounding, forward and transposed
+    dev = read_noise_device("additive")
+    W, X = rand(shape, seed=5), rand((5, shape[0]), seed=6)
+    E = rand((5, shape[1]), seed=7)
+    xb = Crossbar(dev, tile=tile, mapping=mapping, adc_bits=adc_bits, seed=3).program(W)
+    rd = xb.read
+    assert rd.var_uniform() is not None and rd.fwd_stacks()[1] is None
+    for way, x in (("fwd", X), ("bwd", E)):
+        M, V = (a.copy() for a in rd.tile_currents(x, way)[:2])   # views of reused buffers
+        rd.cache.clear()
+        rd.cache["var-uniform"] = False            # force the general path: products against var
+        M2, V2, _ = rd.tile_currents(x, way)
+        np.testing.assert_array_equal(M, M2)
+        np.testing.assert_allclose(V, V2, rtol=1e-5, atol=1e-7 * float(np.abs(V2).max()))
+        rd.cache.clear()
+    mult = Crossbar(read_noise_device("multiplicative"), tile=tile, seed=3).program(W)
+    assert mult.read.var_uniform() is None

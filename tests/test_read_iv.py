@@ -191,7 +191,7 @@ def test_one_term_alone_matches_the_reference(data, iv):
 
 def test_with_ir_drop_the_curve_adds_to_the_wired_read(data):
     W, X, _ = data
-    wired = dict(ir_drop="exact", r_wire_ohm=2.0, tile=(32, 32))
+    wired = {"ir_drop": "exact", "r_wire_ohm": 2.0, "tile": (32, 32)}
     lin = Device(name="lin", g_min_us=50.0, g_max_us=225.0)
     a = Crossbar(device(), **wired).program(W)
     b = Crossbar(lin, **wired).program(W)

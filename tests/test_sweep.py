@@ -106,7 +106,7 @@ def tiny_store(tmp_path_factory):
 
 
 def test_local_sweep_stores_everything_and_resumes(tiny_store):
-    d, exp, out, summary = tiny_store
+    _, exp, out, summary = tiny_store
     assert summary["done"] == 8 and summary["failed"] == 0
     df = store.load(out)
     assert len(df) == 8 and set(df["status"]) == {"ok"}
@@ -127,7 +127,7 @@ def test_local_sweep_stores_everything_and_resumes(tiny_store):
 
 
 def test_changed_spec_is_refused_unless_forced(tiny_store, tmp_path):
-    d, exp, out, _ = tiny_store
+    _, _, out, _ = tiny_store
     changed = Experiment.load(spec(tmp_path, TINY.replace("bits = [2, 3]", "bits = [2, 3, 4]"), "tiny.toml"))
     with pytest.raises(ConfigError, match="different spec.*--force"):
         run_sweep(changed, out, workers=1, progress=False, print_fn=lambda s: None, dry_run=False)
@@ -137,7 +137,7 @@ def test_changed_spec_is_refused_unless_forced(tiny_store, tmp_path):
 
 
 def test_dry_run_lists_and_estimates(tiny_store, tmp_path):
-    _, exp, out, _ = tiny_store
+    _, exp, _, _ = tiny_store
     lines = []
     s = run_sweep(exp, tmp_path / "none.h5", workers=2, dry_run=True, print_fn=lines.append)
     assert s["todo"] == 8 and len(lines) == 9 and "estimated" in lines[-1]

@@ -187,7 +187,7 @@ class Periphery:
         (their ``bias_row``)."""
         from .train.updates import UPDATES
         d = cfg.device_obj()
-        return cls(tile=parse_tile(cfg.tile), planes=1 if cfg.replicas is None else cfg.replicas,
+        return cls(tile=parse_tile(cfg.tile), planes=cfg.or_default("replicas"),
                    adc_bits=cfg.adc_bits, dac_bits=cfg.dac_bits,
                    bias_row=cfg.update is not None and UPDATES.get(cfg.update).bias_row,
                    g_mid_us=0.5 * (d.g_min_us + d.g_max_us))

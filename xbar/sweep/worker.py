@@ -3,6 +3,7 @@ the rough time estimates behind --dry-run and the ETA."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -33,7 +34,7 @@ def _single_thread():
     try:
         import numba
         numba.set_num_threads(1)
-    except Exception:   # noqa: BLE001 - a numba without threads support is fine
+    except Exception:   # noqa: BLE001, S110 - a numba without threads support is fine
         pass
     try:
         from threadpoolctl import threadpool_limits
@@ -204,7 +205,7 @@ def estimate_seconds(config: dict[str, Any]) -> float:
     try:
         shape = xdata.image_shape(config["dataset"])
         widths = NetworkSpec.preset(config["network"]).widths(math.prod(shape), xdata.num_classes(config["dataset"]))
-        macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+        macs = sum(a * b for a, b in itertools.pairwise(widths))
         layers = len(widths) - 1
     except Exception:   # noqa: BLE001 - a network without widths (conv): a generous guess
         macs, layers = 500_000, 6

@@ -122,15 +122,32 @@ class ReadPath:
         a = np.pad(a, ((0, 0), (0, 0), (0, self.nct * C - out))).astype(np.float32)
         return np.ascontiguousarray(a.reshape(P, rows, self.nct, C).transpose(0, 2, 3, 1))
 
+    def var_uniform(self) -> np.ndarray | None:
+        """Per plane, the read variance when it is the same for every cell of the plane (additive
+        read noise: a constant times the window), as float32 (P,); None when the variance varies
+        (or there is no read noise). Then a tile output's variance is that constant times the sum
+        of x² over the tile's inputs: no product against a constant matrix is needed."""
+        def build():
+            v = self.var
+            if v is None or v.size == 0:
+                return False
+            flat = v.reshape(v.shape[0], -1)
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+            return lo.astype(np.float32) if np.array_equal(lo, hi) else False
+        out = self.cached("var-uniform", build)
+        return None if out is False else out
+
+    def _var_stack(self, stack):
+        return None if self.var is None or self.var_uniform() is not None else stack(self.var)
+
     def fwd_stacks(self):
-        """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance."""
-        return self.cached("fwd", lambda: (self._stack_fwd(self.gd),
-                                           None if self.var is None else self._stack_fwd(self.var)))
+        """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance
+        (None without read noise, or when it is uniform: see :meth:`var_uniform`)."""
+        return self.cached("fwd", lambda: (self._stack_fwd(self.gd), self._var_stack(self._stack_fwd)))
 
     def bwd_stacks(self):
-        """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t."""
-        return self.cached("bwd", lambda: (self._stack_bwd(self.gd),
-                                           None if self.var is None else self._stack_bwd(self.var)))
+        """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t (variance as in fwd_stacks)."""
+        return self.cached("bwd", lambda: (self._stack_bwd(self.gd), self._var_stack(self._stack_bwd)))
 
     def nl_stacks(self, way: str):
         """Per-tile stacks of the nonlinear terms' (K2, K3), laid out like fwd_stacks / bwd_stacks."""
@@ -171,8 +188,14 @@ class ReadPath:
                     if k is not None:
                         y += x_k @ k
             if self.var is not None:
-                v = self.v_fwd32 if way == "fwd" else self.v_bwd32
-                sd = np.sqrt((xs * xs) @ v)
+                uniform = self.var_uniform()
+                if uniform is None:
+                    v = self.v_fwd32 if way == "fwd" else self.v_bwd32
+                    sd = np.sqrt((xs * xs) @ v)
+                else:   # the same variance everywhere: sum of x² times a constant per output
+                    c = float(np.dot(self.sig.astype(np.float64) ** 2, uniform))
+                    col = (c * self.alpha_eff ** 2 if way == "fwd" else np.full(self.gd.shape[1], c)).astype(np.float32)
+                    sd = np.sqrt(np.einsum("bi,bi->b", xs, xs)[:, None] * col[None, :])
                 self.reads += 1
                 fill = pick(krng.add_scaled_normals, krng.add_scaled_normals_serial, y.size)
                 fill(y, sd, np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN)
@@ -222,15 +245,19 @@ class ReadPath:
         # Reused output buffers: fresh ones are page-faulted in again on every read (measured
         # ~2,000 faults and up to 2x the matmul time per call at 256x1024x1024).
         n_out = g.shape[-1]
+        uniform = self.var_uniform()
+        noisy = v is not None or uniform is not None
         bufs = self.cached(f"bufs-{way}-{B}", lambda: (
             np.empty((P, n_t, B, n_out), np.float32),
-            None if v is None else np.empty((P, n_t, B, n_out), np.float32)))
+            np.empty((P, n_t, B, n_out), np.float32) if noisy else None))
         # One product per tile on a column slice of xs (BLAS takes the row stride): no padded,
         # transposed copy of the input, and the last tile multiplies only its real rows. For tall,
         # narrow inputs (a convolution's im2col rows: 200,704 x 25 for lenet5's first layer at
         # batch 256) the padded copy was 2.5x the input and cost more than the products.
         n_in = xs.shape[1]
-        x2 = None if v is None else xs * xs
+        x2 = xs * xs if noisy else None
+        if uniform is not None:   # per tile and batch row, the sum of x² over the tile's inputs
+            x2sum = np.add.reduceat(x2, np.arange(0, n_in, size), axis=1) if n_in else np.zeros((B, n_t), np.float32)
         if self.nl is not None:   # the cells' V² and V³ currents, per tile like the ohmic one
             nl = [(x_k, k) for x_k, k in zip(self.nl_inputs(xs), self.nl_stacks(way)) if k is not None]
             tmp = self.cached(f"nl-buf-{way}-{B}", lambda: np.empty((B, n_out), np.float32))
@@ -244,8 +271,10 @@ class ReadPath:
                         bufs[0][p, t] += tmp
                 if v is not None:
                     np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1][p, t])
+                elif uniform is not None:
+                    np.multiply(x2sum[:, t:t + 1], uniform[p], out=bufs[1][p, t])
         M = bufs[0].reshape(P * n_t, B, -1)
-        V = None if v is None else bufs[1].reshape(P * n_t, B, -1)
+        V = bufs[1].reshape(P * n_t, B, -1) if noisy else None
         post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
         return M, V, post
 

@@ -218,6 +218,12 @@ class TrainConfig(FieldConfig):
             dev = dev.with_(**parse_device_set(self.device_set))
         return dev.with_(bits=self.bits) if self.bits is not None else dev
 
+    def or_default(self, name: str):
+        """Field `name`, or where it is unset its plain default (BASE_DEFAULTS): what resolve()
+        gives it when no recipe or update scheme sets it. For configs read before resolving."""
+        value = getattr(self, name)
+        return BASE_DEFAULTS.get(name) if value is None else value
+
     def device_setup(self) -> DeviceSetup | None:
         """The per-layer crossbar description, or None for update 'float'."""
         if not UPDATES.get(self.update or default_update(self.device, self.device_set, self.bits)).on_device:
@@ -226,12 +232,12 @@ class TrainConfig(FieldConfig):
         bits = self.bits if self.bits is not None else dev.bits
         return DeviceSetup(device=dev, bits=bits, quant=self.quant, range=self.range,
                            w_range=(-self.w_max, self.w_max), gain=self.gain, tile=parse_tile(self.tile),
-                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=BASE_DEFAULTS["range_scale"] if self.range_scale is None else self.range_scale,
+                           adc_bits=self.adc_bits, dac_bits=self.dac_bits, range_scale=self.or_default("range_scale"),
                            options={"ir_drop": self.ir_drop if self.ir_drop_train else "none",
                                     "r_wire_ohm": self.r_wire_ohm, "v_read": self.v_read,
                                     "adc_offset_lsb": self.adc_offset_lsb, "adc_gain_rel": self.adc_gain_rel,
                                     "adc_inl_lsb": self.adc_inl_lsb,
-                                    "replicas": BASE_DEFAULTS["replicas"] if self.replicas is None else self.replicas})
+                                    "replicas": self.or_default("replicas")})
 
 
 FIELDS: tuple[Field, ...] = TrainConfig.fields()   # the shipped rules' and schemes' options included
