@@ -113,3 +113,27 @@ def test_quantizer_kernels_equal_numpy_formulas(monkeypatch, dtype, bits, kind):
         monkeypatch.setattr(mp, "FAST_MIN", 64)
         assert fast.dtype == ref.dtype == dtype
         assert np.array_equal(fast, ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (70, 33), (785, 100)])
+def test_column_min_max_kernel_equals_numpy(shape):
+    from xbar.kernels.program import col_min_max
+    W = np.random.default_rng(shape[0]).normal(0, 0.6, shape).astype(np.float32)
+    lo, hi = np.empty(shape[1]), np.empty(shape[1])
+    col_min_max(W, lo, hi)
+    assert np.array_equal(lo, W.min(axis=0).astype(np.float64))
+    assert np.array_equal(hi, W.max(axis=0).astype(np.float64))
+
+
+@pytest.mark.parametrize("quant", [None, "asymm"])
+def test_fused_program_hands_the_read_its_arrays(quant):
+    # the fused kernels also write the read-ready arrays (net G, float32 G, float32 weights):
+    # exactly what the read path derives from the conductances
+    W = np.random.default_rng(3).normal(0, 0.6, (70, 33)).astype(np.float32)
+    xb = Crossbar(Device(name="u", g_min_us=0.5, g_max_us=10.0, bits=3), range="local", gain="column",
+                  quant=quant, seed=0).program(W)
+    gp, gn = (g[0] for g in xb.conductances())
+    rd = xb.read
+    assert np.array_equal(rd.w_fwd32, ((gp - gn) * rd.alpha_eff[None, :]).astype(np.float32))
+    assert np.array_equal(rd.g32, (gp - gn).astype(np.float32))
+    assert np.array_equal(rd.gd[0], gp - gn)

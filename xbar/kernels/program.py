@@ -13,35 +13,37 @@ from ._jit import njit_exact
 
 
 @njit_exact
-def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, gp, gn):
+def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp, gn, gd, g32, w32):
     """W (rows, out) float32 -> gp, gn (rows, out) float64 conductances; returns clipped count.
 
     lo, hi, step: (out,) float64 column range and code step; dstep: device step per code unit;
-    lvl: spacing of the device levels; n_levels: number of levels.
+    lvl: spacing of the device levels; n_levels: number of levels. Also writes what a read needs,
+    in the same pass: gd = gp - gn, g32 = float32(gd) and w32 = float32(gd * alpha) (alpha: the
+    column gain, (out,)), exactly as the read path would derive them.
     """
     rows, out = W.shape
     clipped = 0
-    top = n_levels - 1
+    top = np.float64(n_levels - 1)
     for i in range(rows):
+        # branch-free body (selects, not jumps), so the row loop vectorizes; W holds no NaN
         for j in range(out):
-            w = np.float64(W[i, j])
-            if w < lo[j]:
-                w = lo[j]
-                clipped += 1
-            elif w > hi[j]:
-                w = hi[j]
-                clipped += 1
+            w0 = np.float64(W[i, j])
+            clipped += (w0 < lo[j]) | (w0 > hi[j])
+            w = min(max(w0, lo[j]), hi[j])
             k = w / step[j]
             g_on = g_min + abs(k) * dstep
-            idx = np.round((g_on - g_min) / lvl)
+            idx = np.rint((g_on - g_min) / lvl)
             idx = min(max(idx, 0.0), top)
             g = g_min + idx * lvl
-            if k >= 0:
-                gp[i, j] = g
-                gn[i, j] = g_min
-            else:
-                gp[i, j] = g_min
-                gn[i, j] = g
+            pos = k >= 0
+            a = g if pos else g_min
+            c = g_min if pos else g
+            gp[i, j] = a
+            gn[i, j] = c
+            dif = a - c
+            gd[i, j] = dif
+            g32[i, j] = np.float32(dif)
+            w32[i, j] = np.float32(dif * alpha[j])
     return clipped
 
 
@@ -90,3 +92,18 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
             g32[i, j] = np.float32(dif)
             w32[i, j] = np.float32(dif * alpha[j])
     return clipped
+
+
+@njit_exact
+def col_min_max(W, lo, hi):
+    """Per-column minimum and maximum of W (rows, out), no NaN in W, into lo and hi (out,) float64:
+    one pass over the rows (numpy's W.min(axis=0) and W.max(axis=0) are two strided passes)."""
+    rows, out = W.shape
+    for j in range(out):
+        lo[j] = W[0, j]
+        hi[j] = W[0, j]
+    for i in range(1, rows):
+        for j in range(out):
+            v = np.float64(W[i, j])
+            lo[j] = min(lo[j], v)
+            hi[j] = max(hi[j], v)

@@ -65,10 +65,16 @@ class Planner:
         m = hi
         step = np.where(m > 0, m, 1.0) / k_max
         dstep = d.window_us / (L - 1)
+        alpha = step / dstep
         gp = np.empty((1,) + W.shape)
         gn = np.empty((1,) + W.shape)
-        clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, gp[0], gn[0])
-        return mp.Planes(gp, gn, np.ones(1), step / dstep, np.zeros_like(m), int(clipped))
+        gd = np.empty(W.shape)
+        g32 = np.empty(W.shape, np.float32)
+        w32 = np.empty(W.shape, np.float32)
+        clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
+                                       gd, g32, w32)
+        self.fresh = {"gd": gd, "g32": g32, "w_fwd32": w32}
+        return mp.Planes(gp, gn, np.ones(1), alpha, np.zeros_like(m), int(clipped))
 
     def _fused_quant(self, W: np.ndarray) -> mp.Planes:
         """The seed quantizers on a differential pair (analog or uniform device), in one pass."""
