@@ -30,17 +30,21 @@ def shape_id(shape) -> str:
 
 
 def crossbar_configs():
-    """name -> (Device, Crossbar keywords): the three configurations of the benchmark."""
+    """name -> (Device, Crossbar keywords): the configurations of the benchmark."""
     from xbar import Device
 
     ideal = Device.preset("ideal")
     noisy = ideal.with_(bits=3, read_noise_rel=0.02, read_noise_kind="multiplicative")
+    additive = ideal.with_(bits=3, read_noise_rel=0.02, read_noise_kind="additive")
     return {
         # Analog device, analog inputs, no ADC: the fast path is one BLAS product.
         "xbar-ideal": (ideal, {"adc_bits": None, "dac_bits": None}),
         # 3-bit devices with 2 % multiplicative read noise, 8-bit ADC per tile output.
         "xbar-3bit-adc8-t64": (noisy, {"mapping": "differential", "adc_bits": 8, "tile": (64, 64)}),
         "xbar-3bit-adc8-t256": (noisy, {"mapping": "differential", "adc_bits": 8, "tile": (256, 256)}),
+        # The same with additive read noise (2 % of the window, the same for every cell).
+        "xbar-3bit-add-adc8-t64": (additive, {"mapping": "differential", "adc_bits": 8, "tile": (64, 64)}),
+        "xbar-3bit-add-adc8-t256": (additive, {"mapping": "differential", "adc_bits": 8, "tile": (256, 256)}),
     }
 
 
