@@ -40,7 +40,7 @@ BASE_FIELDS: tuple[Field, ...] = (
           "initial weights); local (per tensor, every step).", choices=RANGES, optional=True),
     Field("w_max", "float", 1.0, "Half-width of the global range.", lo=0.0, lo_open=True),
     Field("range_scale", "float", None, "Under range 'init': half-width / max|W| at initialisation "
-          "(omit: 2, or a recipe's default; recipe hwa, update mixed: 4).", lo=0.0, lo_open=True,
+          "(omit: 2, or a recipe's default; recipe hwa, update mixed on a pulse device: 4).", lo=0.0, lo_open=True,
           optional=True),
     Field("gain", "str", None, "Digital gain granularity under a local range.", choices=GAINS,
           optional=True),
@@ -168,7 +168,7 @@ class TrainConfig(FieldConfig):
         update = filled["update"]
         scheme = UPDATES.get(update)
         recipe = RECIPES.get(self.recipe) if self.recipe is not None else None
-        sources = (recipe.defaults(update) if recipe else []) + [scheme.DEFAULTS, BASE_DEFAULTS]
+        sources = (recipe.defaults_for(update, self.device_obj()) if recipe else []) + [scheme.DEFAULTS, BASE_DEFAULTS]
         bundle_opt = next(src["optimizer"] for src in sources if src.get("optimizer"))
         if filled["optimizer"] is not None and filled["optimizer"] != bundle_opt:
             # Another optimizer than the recipe's: its own torch default lr and no decay,

@@ -4,7 +4,7 @@ how a step reaches the devices, the update it builds. ``--recipe NAME`` picks on
 A recipe is one class decorated ``@RECIPES.register``: ``name``; ``FIELDS`` (its own options, named
 ``<recipe>_<option>``: TrainConfig fields and ``xbar train`` flags); ``defaults(update)``, the
 bundles of field values it fills, before the update scheme's own ``DEFAULTS`` (explicitly set
-fields always win); ``make_update(cfg, setup, rng)``, an update of its own or None (the scheme's);
+fields always win), or ``defaults_for(update, device)`` where they depend on the device; ``make_update(cfg, setup, rng)``, an update of its own or None (the scheme's);
 ``check(cfg)``, combinations it refuses. :mod:`xbar.train.recipes` imports the shipped ones.
 """
 
@@ -31,6 +31,12 @@ class Recipe:
     def defaults(cls, update: str) -> list[dict[str, Any]]:
         """Bundles of defaults for a run with update scheme `update`, first wins."""
         return []
+
+    @classmethod
+    def defaults_for(cls, update: str, device) -> list[dict[str, Any]]:
+        """Bundles of defaults for a run with update scheme `update` on `device` (a Device), first
+        wins: ``defaults(update)`` unless a recipe's defaults depend on the device."""
+        return cls.defaults(update)
 
     @classmethod
     def make_update(cls, cfg, setup, rng: np.random.Generator):
