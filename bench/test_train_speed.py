@@ -25,6 +25,10 @@ Pairs (one benchmark group each):
   ŵ = round(w / s)·s with s = max|w_row| / (2^3 - 1) (a differential pair of 8-level devices:
   15 levels, zero included), straight-through gradient; biases stay float in both.
 
+glibc's allocator is tuned as the CLI and sweep workers do (``xbar._runtime.tune_allocator``), for
+torch and xbar alike: fresh weight-sized arrays are otherwise page-faulted in on every
+programming (before this, a run of this file alone measured the untuned library).
+
 Targets (reported, never asserted: the machine is shared): xbar/torch ≤ 0.3 for float and
 ≤ 0.5 for qat-3bit. The ratio table, with medians and minimums (other jobs only ever add time,
 so the minimum is the better estimate of the uncontended cost), is printed at the end and
@@ -49,6 +53,17 @@ SAMPLES = int(os.environ.get("XBAR_BENCH_SAMPLES", "60000"))   # fewer: a quick 
 TORCH_THREADS = os.environ.get("XBAR_BENCH_TORCH_THREADS")   # e.g. 1; unset: torch's default
 TARGETS = {"float": 0.3, "qat-3bit": 0.5}
 XBAR_CONFIGS = {"float": {"update": "float"}, "qat-3bit": {"device": "ideal", "bits": BITS, "update": "qat"}}
+
+
+def tune_allocator() -> bool:
+    try:
+        from xbar._runtime import tune_allocator as tune
+    except ImportError:
+        return False
+    return tune()
+
+
+TUNED = tune_allocator()
 
 
 # ---- the two loops ------------------------------------------------------------------------------

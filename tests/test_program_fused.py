@@ -115,16 +115,6 @@ def test_quantizer_kernels_equal_numpy_formulas(monkeypatch, dtype, bits, kind):
         assert np.array_equal(fast, ref)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (70, 33), (785, 100)])
-def test_column_min_max_kernel_equals_numpy(shape):
-    from xbar.kernels.program import col_min_max
-    W = np.random.default_rng(shape[0]).normal(0, 0.6, shape).astype(np.float32)
-    lo, hi = np.empty(shape[1]), np.empty(shape[1])
-    col_min_max(W, lo, hi)
-    assert np.array_equal(lo, W.min(axis=0).astype(np.float64))
-    assert np.array_equal(hi, W.max(axis=0).astype(np.float64))
-
-
 @pytest.mark.parametrize("quant", [None, "asymm"])
 def test_fused_program_hands_the_read_its_arrays(quant):
     # the fused kernels also write the read-ready arrays (net G, float32 G, float32 weights):

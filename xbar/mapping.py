@@ -131,12 +131,7 @@ def _col_ranges(W: np.ndarray, rng: str, gain: str, w_range, symmetric: bool):
             lo, hi = -m, m
         return np.full(n_out, lo), np.full(n_out, hi)
     if gain == "column":
-        if W.ndim == 2 and W.shape[0] > 0 and W.dtype == np.float32:
-            from .kernels.program import col_min_max  # one pass (the training hot path)
-            lo, hi = np.empty(n_out), np.empty(n_out)
-            col_min_max(W, lo, hi)
-        else:
-            lo, hi = W.min(axis=0).astype(np.float64), W.max(axis=0).astype(np.float64)
+        lo, hi = W.min(axis=0).astype(np.float64), W.max(axis=0).astype(np.float64)
     else:
         lo, hi = np.full(n_out, float(W.min())), np.full(n_out, float(W.max()))
     if symmetric:

@@ -93,17 +93,3 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
             w32[i, j] = np.float32(dif * alpha[j])
     return clipped
 
-
-@njit_exact
-def col_min_max(W, lo, hi):
-    """Per-column minimum and maximum of W (rows, out), no NaN in W, into lo and hi (out,) float64:
-    one pass over the rows (numpy's W.min(axis=0) and W.max(axis=0) are two strided passes)."""
-    rows, out = W.shape
-    for j in range(out):
-        lo[j] = W[0, j]
-        hi[j] = W[0, j]
-    for i in range(1, rows):
-        for j in range(out):
-            v = np.float64(W[i, j])
-            lo[j] = min(lo[j], v)
-            hi[j] = max(hi[j], v)
