@@ -25,7 +25,7 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp
     clipped = 0
     top = np.float64(n_levels - 1)
     for i in range(rows):
-        # branch-free body (selects, not jumps), so the row loop vectorizes; W holds no NaN
+        # min/max clip as the comparisons did: W holds no NaN (as_matrix refuses it)
         for j in range(out):
             w0 = np.float64(W[i, j])
             clipped += (w0 < lo[j]) | (w0 > hi[j])
