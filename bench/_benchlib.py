@@ -1,6 +1,6 @@
 """Shared pieces of the mvm benchmarks: shapes, crossbar configs, thread settings.
 
-Imported by conftest.py, test_mvm.py and profile_read.py (bench/ is on sys.path under pytest).
+Imported by conftest.py, test_mvm.py, profile_read.py and the training benchmarks (bench/ is on sys.path under pytest).
 
 The thread settings are part of every result: on a small machine numba's parallel kernels,
 OpenBLAS and torch's OpenMP pool each start one thread per core, and threads that spin-wait
@@ -23,6 +23,16 @@ SHAPES = [(64, 784, 100), (1000, 784, 100), (256, 1024, 1024)]
 THREAD_ENV = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
               "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND",
               "OPENBLAS_THREAD_TIMEOUT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def tune_allocator() -> bool:
+    """glibc's allocator tuned as the CLI and sweep workers do (xbar._runtime.tune_allocator), where
+    present; True when applied. The training benchmarks call it for torch and xbar alike."""
+    try:
+        from xbar._runtime import tune_allocator as tune
+    except ImportError:
+        return False
+    return tune()
 
 
 def shape_id(shape) -> str:

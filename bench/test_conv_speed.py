@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import pytest
+from _benchlib import tune_allocator
 
 BATCH_FWD = 256
 BATCH = 64
@@ -50,15 +51,7 @@ TORCH_THREADS = os.environ.get("XBAR_BENCH_TORCH_THREADS")
 TARGETS = {"forward": ("xbar-3bit", 3.0), "epoch-float": ("xbar", 2.0), "epoch-qat-3bit": ("xbar", 2.0)}
 
 
-def tune_allocator() -> bool:
-    try:
-        from xbar._runtime import tune_allocator as tune
-    except ImportError:
-        return False
-    return tune()
-
-
-TUNED = tune_allocator()
+TUNED = tune_allocator()   # as the CLI and sweep workers do
 
 
 # ---- the networks -----------------------------------------------------------------------------------
