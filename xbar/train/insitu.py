@@ -143,7 +143,7 @@ class LayerState:
     """One layer of an in-situ scheme: the stacked [W; b] layout of its crossbar rows.
 
     eps: one device step in weight units; chi: the accumulator (mixed only), float64; [lo, hi]: the
-    weights the devices can hold (the layer's fixed range);
+    weights a pulsed pair can hold, [−m, m] (the closed loop's bound; unused on the level path);
     prev: the stored weights as last written (float32 values, held as float64), to recover the
     optimizer's Δw;
     level path only: k, the integer grid index of every cell, target = off + k·eps, k in [k_lo, k_hi].
@@ -244,7 +244,7 @@ class InSituUpdate(Update):
                     st = LayerState(eps=m / n, pulsed=False, prev=stacked, k_lo=-n, k_hi=n)
                 st.k = np.clip(np.rint((stacked - st.off) / st.eps), st.k_lo, st.k_hi)
                 program_stacked(layer, st.off + st.k * st.eps)
-            st.lo, st.hi = (-m, m) if setup.quant != "asymm" or st.pulsed else setup.w_range
+            st.lo, st.hi = -m, m   # what a pair holds (the closed loop's bound on pulse devices)
             if self.accumulate:
                 st.chi = np.zeros(stacked.shape, dtype=np.float64)
             self.states.append(st)
