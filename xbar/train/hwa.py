@@ -66,9 +66,9 @@ HWA_DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "lr_gamma": 0.9, "batch_size": 
 # epoch-to-epoch spread of one seed, so replicas stay 1 (they also double the devices and the time
 # of a pulse step).
 # All of the above wound up: with the closed loop, a weight held at the end of its range kept
-# collecting the optimizer's pushes in chi (mean |chi| 40 steps in layer 0 after 3 epochs, 20 % of
-# its weights saturated), and every step pulsed the saturated pair again, adding c2c noise (2.5e9
-# pulses in epoch 3). The closed loop now holds device + chi within the range (insitu.py). With
+# collecting the optimizer's pushes in chi (mean |chi| 38 steps in layer 0 after 3 epochs, 20 % of
+# its weights saturated), and every step pulsed the saturated pair again, adding c2c noise (2.4e9
+# pulses in epoch 3; bench/insitu_state.py). The closed loop now holds device + chi within the range (insitu.py). With
 # that bound (Adam 1e-3): range_scale 2 / 3 / 4 / 6 at decay 0.7: 85.59 / 86.29 / 86.66 / 86.56 %;
 # range_scale 3 / 4 at decay 0.8: 86.58 / 87.12 % (epochs 20-30 average 87.03); range_scale 4 at
 # decay 0.85: see the README. Default: range_scale 4, decay 0.8.

@@ -19,7 +19,7 @@ extra array row of the same crossbar, ``bias="row"``, and are updated like the w
   device pair sits at its limit and the optimizer pushes further, χ does not grow, so the
   saturated pair gets no more pulses, each of which would add cycle-to-cycle noise, and the weight
   leaves the limit as soon as the gradient turns; on agsi, mlp-100x2, epoch 3 of recipe hwa:
-  2.5e9 pulses without the bound, 1.6e8 with it). On a device of few levels a cell at its top
+  2.4e9 pulses without the bound, 1.5e8 with it: bench/insitu_state.py). On a device of few levels a cell at its top
   level is not rewritten, so χ growing there costs no write, and it acts as hysteresis: with the
   bound, rram-4bit at 1 bit fell from 52.77 to 33.01 % (2-4 bits within 0.7 points), so the bound
   is for pulse devices only;
