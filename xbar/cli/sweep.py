@@ -14,7 +14,7 @@ def cmd_sweep(args) -> int:
         check_out(out, "--out", create_parents=True)
     summary = run_sweep(exp, out, workers=args.workers, cluster=args.cluster, only=parse_only(args.only),
                         force=args.force, dry_run=args.dry_run, retry_failed=args.retry_failed,
-                        progress=not args.quiet)
+                        progress=not args.quiet, stack=args.stack)
     return 1 if summary.get("failed") else 0
 
 
@@ -50,6 +50,9 @@ def add_commands(sub) -> None:
     sw.add_argument("--force", action="store_true", help="add this spec's runs to a store of another spec")
     sw.add_argument("--retry-failed", action="store_true", help="run again the runs stored with status 'error'")
     sw.add_argument("--quiet", action="store_true", help="no progress line")
+    sw.add_argument("--stack", default="auto", choices=("auto", "off"),
+                    help="auto (default): train runs that differ only in device-side settings together, "
+                         "one stack per group; off: every run alone")
     sw.set_defaults(func=cmd_sweep)
 
     rp = command(sub, "report", help="figures and tables from a sweep store")

@@ -36,6 +36,7 @@ from .execute import (
     parse_only,
     run_sweep,
 )
+from .groups import STACK_MODES, Group, plan_groups
 from .spec import (
     COMMANDS,
     DEVICE_PREFIX,
@@ -52,6 +53,7 @@ from .worker import (
     estimate_seconds,
     fmt_time,
     layer_probe,
+    run_group,
     run_one,
 )
 
@@ -62,7 +64,9 @@ __all__ = [
     'MISSING_DATA',
     'NOT_IDENTITY',
     'SPEC_KEYS',
+    'STACK_MODES',
     'Experiment',
+    'Group',
     'Progress',
     'Run',
     'diverged_epoch',
@@ -73,7 +77,9 @@ __all__ = [
     'fmt_time',
     'layer_probe',
     'parse_only',
+    'plan_groups',
     'prune_fields',
+    'run_group',
     'run_key',
     'run_one',
     'run_sweep',

@@ -13,8 +13,9 @@ from typing import Any
 from .. import store
 from ..config import suggest
 from ..errors import ConfigError, XbarError
+from .groups import check_stack, estimate_group_seconds, plan_groups, split_fields
 from .spec import Experiment, Run
-from .worker import estimate_seconds, fmt_time, run_one
+from .worker import fmt_time, run_group
 
 # ---- filtering ----------------------------------------------------------------------------------------
 
@@ -192,11 +193,14 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
               only: dict[str, list[str]] | None = None, force: bool = False, dry_run: bool = False,
               retry_failed: bool = False, progress: bool = True, merge_every: float = 30.0,
               print_fn: Callable[[str], None] = print, submit_limit: int | None = None,
-              warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+              warn: Callable[[str], None] | None = None, stack: str = "auto") -> dict[str, Any]:
     """Run (or, with dry_run, list) the spec's runs not yet in store `out`; returns a summary.
 
     warn: where one-line warnings go (journal entries set aside); default stderr.
+    stack: "auto" trains runs that differ only in device-side settings together, as one stack
+    per group (xbar.sweep.groups); "off" runs each alone.
     """
+    check_stack(stack)
     warn = warn or store.warn_stderr
     notes: list[str] = []
     runs = filter_runs(exp.expand(notes=notes), only or {})
@@ -227,32 +231,61 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
     # Workers side by side share caches and memory bandwidth: measured 1.35x slower runs with two
     # workers on the 2-core dev machine (seed study, 46 runs) than the one-run fit of the estimate.
     share = 1.0 if workers == 1 else 1.35
-    est = {r.key: share * estimate_seconds(r.config) for r in todo}
+    groups = plan_groups(todo, stack)
+    est = {}   # per run: its share of its group's estimate
+    for g in groups:
+        e = share * estimate_group_seconds(g)
+        for r in g.runs:
+            est[r.key] = e / len(g.runs)
     est_total = sum(est.values())
+    n_stacks = sum(g.stacked for g in groups)
     summary = {"runs": len(runs), "stored": len(runs) - len(todo), "todo": len(todo),
-               "estimated_seconds": est_total / workers, "out": str(out), "spec_hash": spec_hash}
+               "estimated_seconds": est_total / workers, "out": str(out), "spec_hash": spec_hash,
+               "groups": len(groups), "stacks": n_stacks}
     if dry_run:
+        group_of = {r.key: n for n, g in enumerate(groups, 1) for r in g.runs}
         for r in runs:
             state = stored.get(r.key, "todo")
-            print_fn(f"{r.index + 1:5d}  {r.key}  {state:8s}  {r.label()}")
-        print_fn(f"{len(runs)} runs: {summary['stored']} stored, {len(todo)} to run; estimated "
-                 f"{fmt_time(est_total / workers)} on {workers} worker(s) (rough, from this machine's "
-                 "timings)")
+            gtext = f"g{group_of[r.key]:<4d}" if r.key in group_of else "     "
+            print_fn(f"{r.index + 1:5d}  {r.key}  {state:8s}  {gtext} {r.label()}")
+        _print_groups(groups, todo, stack, share, print_fn)
+        print_fn(f"{len(runs)} runs: {summary['stored']} stored, {len(todo)} to run in {len(groups)} task(s) "
+                 f"({n_stacks} stacked); estimated {fmt_time(est_total / workers)} on {workers} worker(s) "
+                 "(rough, from this machine's timings)")
         return summary
     store.check_writable(out)
     store.cleanup(out)   # copies of a merge, torn journal temporaries: left by a killed sweep
     # Connect first: a cluster that cannot be reached leaves no empty store behind.
     client = _dask_client(cluster) if cluster and todo else None
     try:
-        return _execute(exp, out, runs, todo, est, summary, workers, client, force, progress, merge_every,
+        return _execute(exp, out, runs, groups, est, summary, workers, client, force, progress, merge_every,
                         print_fn, submit_limit, warn)
     finally:
         if client is not None:
             client.close()
 
 
-def _execute(exp, out: Path, runs, todo, est, summary, workers, client, force, progress, merge_every,
+def _print_groups(groups, todo, stack, share, print_fn) -> None:
+    """--dry-run: the tasks (stacks and lone runs), what split the stacks, why lone runs are alone."""
+    if stack == "off":
+        print_fn("stacking off: every run is its own task")
+        return
+    split = split_fields(todo)
+    if split:
+        print_fn(f"stacks are split by {', '.join(split)} (a stack's runs share all but device-side settings)")
+    whys: dict[str, int] = {}
+    for n, g in enumerate(groups, 1):
+        if g.stacked:
+            print_fn(f"  g{n}: {len(g.runs)} runs stacked, estimated {fmt_time(share * estimate_group_seconds(g))}")
+        else:
+            whys[g.why] = whys.get(g.why, 0) + 1
+    for why, count in whys.items():
+        print_fn(f"  {count} run(s) alone: {why}")
+
+
+def _execute(exp, out: Path, runs, groups, est, summary, workers, client, force, progress, merge_every,
              print_fn, submit_limit, warn) -> dict[str, Any]:
+    todo = [r for g in groups for r in g.runs]
     spec_hash = summary["spec_hash"]
     if not out.exists():
         store.create(out, exp.spec() | {"name": exp.name}, spec_hash, exp.file)
@@ -264,9 +297,17 @@ def _execute(exp, out: Path, runs, todo, est, summary, workers, client, force, p
         print_fn(f"all {len(runs)} runs already stored in {out}")
         return summary | {"done": 0, "failed": 0, "diverged": 0, "seconds": 0.0}
 
-    order = sorted(todo, key=lambda r: -est[r.key])   # longest first: the last minutes stay busy
-    if submit_limit is not None:
-        order = order[:submit_limit]
+    # Longest first: the last minutes stay busy. A task is a group (one run, or a stack).
+    tasks = sorted(groups, key=lambda g: -sum(est[r.key] for r in g.runs))
+    if submit_limit is not None:   # counted in runs; a stack is cut to fit
+        left, cut = submit_limit, []
+        for g in tasks:
+            if left <= 0:
+                break
+            cut.append(type(g)(g.runs[:left], g.why, g.shared))
+            left -= len(cut[-1].runs)
+        tasks = cut
+    order = [r for g in tasks for r in g.runs]
     prog = Progress(len(order), sum(est[r.key] for r in order), workers, enabled=progress)
     start = time.perf_counter()
     last_merge = time.perf_counter()
@@ -284,7 +325,7 @@ def _execute(exp, out: Path, runs, todo, est, summary, workers, client, force, p
             last_merge = time.perf_counter()
 
     cache = str(out) + ".cache"   # shared pretrained networks of pruning sweeps
-    payloads = [{"key": r.key, "point": r.point, "config": r.config, "cache": cache} for r in order]
+    payloads = [[{"key": r.key, "point": r.point, "config": r.config, "cache": cache} for r in g.runs] for g in tasks]
     try:
         if client is not None:
             _run_dask(client, payloads, finished)
@@ -303,7 +344,8 @@ def _run_local(workers: int, payloads: list[dict], finished) -> None:
     from concurrent.futures import FIRST_COMPLETED, wait
     if workers == 1 and os.environ.get("XBAR_SWEEP_INPROCESS") == "1":
         for p in payloads:           # debugging aid: no subprocesses
-            finished(run_one(p), 0)
+            for rec in run_group(p):
+                finished(rec, 0)
         return
     ex = _local_executor(workers)
     stop = _Stop()
@@ -314,7 +356,7 @@ def _run_local(workers: int, payloads: list[dict], finished) -> None:
             while (queue or running) and stop.signum is None:
                 while queue and len(running) < workers * 2:
                     p = queue.pop()
-                    running[ex.submit(run_one, p)] = p
+                    running[ex.submit(run_group, p)] = p
                 done_set, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 _collect(done_set, running, workers, finished)
     finally:
@@ -331,11 +373,12 @@ def _collect(done_set, running, workers, finished) -> None:
     for fut in done_set:
         running.pop(fut)
         try:
-            rec = fut.result()
+            recs = fut.result()
         except BrokenProcessPool:
             raise XbarError("a worker process died (killed or out of memory); finished runs are "
                             "stored: re-run the same command to continue") from None
-        finished(rec, min(len(running), workers))
+        for rec in recs:
+            finished(rec, min(len(running), workers))
 
 
 def _dask_client(address: str):
@@ -351,16 +394,18 @@ def _dask_client(address: str):
 
 def _run_dask(client, payloads: list[dict], finished) -> None:
     from distributed import as_completed
-    futures = [client.submit(run_one, p, pure=False, key=f"xbar-run-{p['key']}") for p in payloads]
+    # One task per group, named by its first run.
+    futures = [client.submit(run_group, p, pure=False, key=f"xbar-run-{p[0]['key']}") for p in payloads]
     n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
     pending_n = len(futures)
     for fut in as_completed(futures):
         pending_n -= 1
         try:
-            rec = fut.result()
+            recs = fut.result()
         except Exception as exc:   # noqa: BLE001 - a lost worker: record, go on
             key = str(fut.key).removeprefix("xbar-run-")
-            src = next(q for q in payloads if q["key"] == key)
-            rec = {"key": key, "point": src["point"], "config": src["config"], "status": "error",
-                   "message": f"dask: {type(exc).__name__}: {exc}", "history": [], "env": {}}
-        finished(rec, min(pending_n, n_workers))
+            group = next(p for p in payloads if p[0]["key"] == key)
+            recs = [{"key": q["key"], "point": q["point"], "config": q["config"], "status": "error",
+                     "message": f"dask: {type(exc).__name__}: {exc}", "history": [], "env": {}} for q in group]
+        for rec in recs:
+            finished(rec, min(pending_n, n_workers))

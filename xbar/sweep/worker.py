@@ -108,22 +108,56 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
         with _single_thread():
             data = _data(cfg["dataset"], cfg.get("data_dir"))
             res = train(cfg, data=data, probe=layer_probe, keep_trainer=True)
-        trainer = res.pop("_trainer")
-        rec.update(status=res["status"], message=res["message"], test_accuracy=res["test_accuracy"],
-                   train_accuracy=res["train_accuracy"], history=res["history"],
-                   train_seconds=res["train_seconds"], histograms=_histograms(trainer.net))
-        if res.get("after_programming"):
-            # accuracy after drift: result columns test_accuracy_at_<t>s (xbar report plots them vs t)
-            rec["metrics"] = {f"test_accuracy_at_{a['t_s']:g}s": a["test_accuracy"]
-                              for a in res["after_programming"]}
-        if res["status"] == "diverged":
-            rec["diverged_epoch"] = diverged_epoch(res)
+        _fill(rec, res)
     except Exception as exc:   # noqa: BLE001 - one failed run must not stop the sweep
         rec.update(status="error", message=f"{type(exc).__name__}: {exc}", history=[],
                    traceback=traceback.format_exc(limit=20))
     rec["wall_seconds"] = time.perf_counter() - start
     rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return rec
+
+
+def run_group(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train the runs of one group as a stack (xbar.train.train_many) and return their store
+    records, each what run_one returns for it alone; a group that cannot be built as a stack
+    (e.g. a variant's device cannot be programmed) runs its variants one by one instead."""
+    if len(payloads) == 1:
+        return [run_one(payloads[0])]
+    from .._runtime import tune_allocator
+    from ..train.stack import train_many
+    tune_allocator()
+    start = time.perf_counter()
+    cfgs = [p["config"] for p in payloads]
+    try:
+        with _single_thread():
+            data = _data(cfgs[0]["dataset"], cfgs[0].get("data_dir"))
+            results = train_many(cfgs, data=data, probe=layer_probe, keep_trainer=True)
+    except Exception:   # noqa: BLE001 - the group as single runs, each recording its own error
+        return [run_one(p) for p in payloads]
+    wall = (time.perf_counter() - start) / len(payloads)
+    out = []
+    for p, res in zip(payloads, results):
+        rec: dict[str, Any] = {"key": p["key"], "point": p.get("point", {}), "config": p["config"],
+                               "env": environment() | {"stacked": str(len(payloads))}}
+        _fill(rec, res)
+        rec["wall_seconds"] = wall
+        rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out.append(rec)
+    return out
+
+
+def _fill(rec: dict[str, Any], res: dict[str, Any]) -> None:
+    """A training result (train or train_many) into its store record."""
+    trainer = res.pop("_trainer")
+    rec.update(status=res["status"], message=res["message"], test_accuracy=res["test_accuracy"],
+               train_accuracy=res["train_accuracy"], history=res["history"],
+               train_seconds=res["train_seconds"], histograms=_histograms(trainer.net))
+    if res.get("after_programming"):
+        # accuracy after drift: result columns test_accuracy_at_<t>s (xbar report plots them vs t)
+        rec["metrics"] = {f"test_accuracy_at_{a['t_s']:g}s": a["test_accuracy"]
+                          for a in res["after_programming"]}
+    if res["status"] == "diverged":
+        rec["diverged_epoch"] = diverged_epoch(res)
 
 
 def diverged_epoch(res: dict[str, Any]) -> int | None:
@@ -196,6 +230,17 @@ _A, _B, _C, _D = 6.3e-11, 2.5e-5, 5.0e-5, 2.7e-9
 
 def estimate_seconds(config: dict[str, Any]) -> float:
     """A rough single-core time for a run, for --dry-run and the ETA (not a promise)."""
+    return sum(_estimate_parts(config))
+
+
+def compute_share(config: dict[str, Any]) -> float:
+    """The part of estimate_seconds that grows with the network's size (products, rounding,
+    evaluation): what every variant of a stack still costs; the rest is per-step overhead."""
+    return _estimate_parts(config)[0]
+
+
+def _estimate_parts(config: dict[str, Any]) -> tuple[float, float]:
+    """(compute, per-step overhead) seconds of a run alone."""
     from .. import data as xdata
     from ..nn import NetworkSpec
     from ..train import RULES, UPDATES
@@ -210,16 +255,15 @@ def estimate_seconds(config: dict[str, Any]) -> float:
     except Exception:   # noqa: BLE001 - a network without widths (conv): a generous guess
         macs, layers = 500_000, 6
     steps = math.ceil(n / config["batch_size"])
-    epoch = n * macs * _A + steps * layers * _B
-    epoch += UPDATES.get(config["update"]).time_factor(config) * steps * (layers * _C + macs * _D)
-    if config.get("adc_bits") or config.get("dac_bits"):
-        epoch *= 3.0
-    epoch *= RULES.get(config["rule"]).time_factor(config)
+    tf = UPDATES.get(config["update"]).time_factor(config)
+    scale = (3.0 if config.get("adc_bits") or config.get("dac_bits") else 1.0) * RULES.get(config["rule"]).time_factor(config)
+    compute = (n * macs * _A + tf * steps * macs * _D) * scale     # per epoch
+    overhead = (steps * layers * _B + tf * steps * layers * _C) * scale
     evals = (n if config.get("eval_train", True) else 0) + 10000
-    total = config["epochs"] * (epoch + evals * macs * _A * 0.7) + 0.5
     if config.get("command") == "prune":   # pretraining is shared; retraining rounds are not
-        total = total / 8 + config.get("rounds", 1) * config.get("retrain_epochs", 1) * epoch * 1.5
-    return total
+        total = config["epochs"] * (compute + overhead + evals * macs * _A * 0.7) + 0.5
+        return total / 8 + config.get("rounds", 1) * config.get("retrain_epochs", 1) * (compute + overhead) * 1.5, 0.0
+    return config["epochs"] * (compute + evals * macs * _A * 0.7), config["epochs"] * overhead + 0.5
 
 
 def fmt_time(s: float) -> str:

@@ -29,8 +29,9 @@ from .config import FIELDS, TrainConfig
 from .loop import evaluate, train
 from .optim import OPTIMIZERS, make_optimizer
 from .rules import RULES, make_rule
+from .stack import train_many
 from .trainer import Trainer
 from .updates import QUANTS, UPDATES, make_update
 
 __all__ = ["FIELDS", "OPTIMIZERS", "QUANTS", "RULES", "UPDATES", "TrainConfig", "Trainer", "evaluate",
-           "make_optimizer", "make_rule", "make_update", "train"]
+           "make_optimizer", "make_rule", "make_update", "train", "train_many"]

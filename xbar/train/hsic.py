@@ -228,14 +228,18 @@ class HSIC(Rule):
             raise ConfigError("rule 'hsic' needs the batch labels: call deltas(net, caches, e, y)")
         # A batch of one sample (an epoch's remainder) has a zero centred kernel: J is constant
         # and the deltas come out as zeros, as they should.
-        X = caches[0].x
-        Rx = r_matrix(gaussian_kernel(X / batch_rms(X) if self.standardise else X, self.sigma), self.eps)
-        Ry = r_matrix(gaussian_kernel(one_hot(y, layers[-1].n_out), self.sigma), self.eps)
-        G = Rx - self.beta * Ry
+        G = self.label_term(caches[0].x, y, layers[-1].n_out)
         for i in range(len(layers) - 1):
             _, g = layer_objective(caches[i].z, G, self.sigma, self.eps, self.standardise)
             out[i] = layers[i].local_delta(g.astype(np.float32), caches[i])
         return out
+
+    def label_term(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+        """G = R_X − β R_Y for a batch: network inputs X (m, d_x), labels y (m,); every hidden
+        layer's objective is tr(R_Z G)."""
+        Rx = r_matrix(gaussian_kernel(X / batch_rms(X) if self.standardise else X, self.sigma), self.eps)
+        Ry = r_matrix(gaussian_kernel(one_hot(y, n_classes), self.sigma), self.eps)
+        return Rx - self.beta * Ry
 
     def diagnostics(self, net, caches, y) -> list[tuple[float, float]]:
         """(nHSIC(Z_l, X), nHSIC(Z_l, Y)) for every hidden layer on one batch (for plots/tests)."""

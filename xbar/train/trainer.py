@@ -78,6 +78,18 @@ def loss_limit(first_loss: float) -> float:
     return min(LOSS_ABSOLUTE, LOSS_RELATIVE * max(first_loss, 1.0))
 
 
+def loss_divergence(loss: float, first_loss: float | None) -> tuple[str, float | None]:
+    """(why a step with this loss has diverged, or "", and the first step's loss after it)."""
+    if not math.isfinite(loss):
+        return f"loss became {loss}", first_loss
+    if first_loss is None:
+        first_loss = loss
+    if loss > loss_limit(first_loss):
+        return (f"loss exploded to {loss:.3g} (first step: {first_loss:.3g}; limit "
+                f"{loss_limit(first_loss):.3g})"), first_loss
+    return "", first_loss
+
+
 class Trainer:
     """The pieces of one run, built from a resolved config: network, rule, update, optimizer.
 
@@ -136,13 +148,9 @@ class Trainer:
             out, caches = net.forward(x)
             loss, e = net.loss(out, y)
             self.last_correct = int(np.count_nonzero(np.argmax(out, axis=1) == y))
-            if not math.isfinite(loss):
-                raise Diverged(f"loss became {loss}")
-            if self.first_loss is None:
-                self.first_loss = loss
-            if loss > loss_limit(self.first_loss):
-                raise Diverged(f"loss exploded to {loss:.3g} (first step: {self.first_loss:.3g}; limit "
-                               f"{loss_limit(self.first_loss):.3g})")
+            msg, self.first_loss = loss_divergence(loss, self.first_loss)
+            if msg:
+                raise Diverged(msg)
             deltas = self.rule.deltas(net, caches, e, y)
             if self.only_layers is not None:
                 deltas = [d if i in self.only_layers else None for i, d in enumerate(deltas)]

@@ -1,0 +1,202 @@
+"""Stacked training (xbar.train.stack, xbar.kernels.stack, sweep groups): every variant of a stack
+trains bit for bit as it does alone; what cannot stack runs alone, and says why."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from xbar import Crossbar, Device, store
+from xbar import mapping as mp
+from xbar.errors import ConfigError
+from xbar.kernels.stack import round_program_stack
+from xbar.sweep import Experiment, plan_groups, run_sweep
+from xbar.train import TrainConfig, train, train_many
+from xbar.train.stack import stack_blocker
+
+BASE = {"network": "digits-mlp", "dataset": "digits", "update": "nearest", "recipe": "seed", "device": "ideal",
+        "epochs": 2, "train_limit": 600, "test_limit": 200, "eval_train": False}
+GRID = [(2, "global", "asymm"), (3, "local", "symm"), (5, "local", "asymm"), (8, "global", "symm")]
+
+
+def _same(alone: dict, stacked: dict, weights: bool = True) -> None:
+    def hist(r):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]]
+    assert hist(alone) == hist(stacked)
+    for k in ("status", "message", "test_accuracy", "hardware", "config"):
+        assert alone[k] == stacked[k], k
+    if weights:
+        for la, lb in zip(alone["_trainer"].net.layers, stacked["_trainer"].net.layers):
+            assert np.array_equal(la.W, lb.W) and np.array_equal(la.b, lb.b)
+            if la.crossbar is not None:
+                for ga, gb in zip(la.crossbar.conductances(), lb.crossbar.conductances()):
+                    assert np.array_equal(ga, gb)
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "hsic", "sg"])
+def test_each_variant_of_a_stack_trains_as_alone(rule):
+    cfgs = [TrainConfig(**BASE, rule=rule, bits=b, range=r, quant=q) for b, r, q in GRID]
+    many = train_many(cfgs, keep_trainer=True)
+    for cfg, m in zip(cfgs, many):
+        _same(train(cfg, keep_trainer=True), m)
+        assert m["stacked"] == len(cfgs)
+
+
+def test_a_diverging_variant_leaves_the_stack_with_the_message_it_has_alone():
+    # w_max 1e30: the rounding grid's steps are astronomically wide, so that run explodes at once
+    cfgs = [TrainConfig(**BASE, rule="bp", bits=4, range="global", quant="asymm", w_max=w) for w in (1.0, 1e30, 0.5)]
+    many = train_many(cfgs, keep_trainer=True)
+    assert [m["status"] for m in many] == ["ok", "diverged", "ok"]
+    for cfg, m in zip(cfgs, many):
+        alone = train(cfg, keep_trainer=True)
+        _same(alone, m)
+    assert "at epoch 1, step" in many[1]["message"]
+
+
+def test_float_variants_stack_too():
+    cfgs = [TrainConfig(**{**BASE, "update": "float", "recipe": None}, rule="bp", optimizer=o)
+            for o in ("adam",)] * 2
+    many = train_many(cfgs, keep_trainer=True)
+    _same(train(cfgs[0], keep_trainer=True), many[0])
+    assert many[0]["history"] == many[1]["history"] or many[0]["test_accuracy"] == many[1]["test_accuracy"]
+
+
+def test_train_many_refuses_what_cannot_share_a_stack():
+    with pytest.raises(ConfigError, match="differ in more than device-side fields"):
+        train_many([TrainConfig(**BASE, rule="bp", bits=3), TrainConfig(**BASE, rule="fa", bits=3)])
+    with pytest.raises(ConfigError, match="update 'qat' does not stack"):
+        train_many([TrainConfig(**{**BASE, "update": "qat", "recipe": None}, bits=2)])
+    noisy = TrainConfig(**BASE, rule="bp", bits=3, device_set="read_noise_rel=0.05").resolve()
+    assert stack_blocker(noisy) is None   # the config stacks; its devices do not:
+    with pytest.raises(ConfigError, match="does not stack"):
+        train_many([noisy])
+
+
+@pytest.mark.parametrize("quant", ["asymm", "symm"])
+@pytest.mark.parametrize("rng", ["global", "local"])
+def test_round_program_kernel_matches_quantize_and_crossbar_program(quant, rng):
+    # reference: the seed quantizer (numpy path) then Crossbar.program, variant by variant
+    r = np.random.default_rng(3)
+    bits = np.array([2, 3, 4, 5, 6, 8])
+    K, rows, out = len(bits), 70, 9
+    W = (r.standard_normal((K, rows, out)) * 0.6).astype(np.float32)
+    W[1] = 0.25                                       # a degenerate (constant) tensor
+    W[2, 3, 4] = 7.0                                  # clipped under a global range
+    b = (r.standard_normal((K, out)) * 0.3).astype(np.float32)
+    dev_bits = [None, 4, 5, 6, 7, 8]                  # analog, and level devices
+    devices = [Device.preset("ideal") if d is None else Device.preset("ideal").with_(bits=d) for d in dev_bits]
+    lo, hi = np.full(K, -1.0), np.full(K, 1.0)
+    w32, g32 = np.empty_like(W), np.empty_like(W)
+    alpha32, beta32 = np.empty((K, out), np.float32), np.empty((K, out), np.float32)
+    has_beta, clipped = np.empty(K, np.bool_), np.empty(K, np.int64)
+    bad_w, bad_b = np.empty(K, np.int64), np.empty(K, np.int64)
+    Wk, bk = W.copy(), b.copy()
+    n_levels = np.array([0 if d.levels() is None else len(d.levels()) for d in devices])
+    round_program_stack(Wk, bk, lo, hi, bits, np.full(K, quant == "symm"), np.full(K, rng == "local"), n_levels,
+                        np.array([d.window_us for d in devices]), np.array([d.g_min_us for d in devices]),
+                        w32, g32, alpha32, beta32, has_beta, clipped, bad_w, bad_b)
+    mp_fast = mp.FAST_MIN
+    try:
+        mp.FAST_MIN = None   # the numpy formulas
+        for k in range(K):
+            Wr = mp.quantize(W[k], int(bits[k]), quant, rng, (-1.0, 1.0))
+            br = mp.quantize(b[k], int(bits[k]), quant, rng, (-1.0, 1.0))
+            assert np.array_equal(Wk[k], Wr) and np.array_equal(bk[k], br)
+            xb = Crossbar(devices[k], quant=quant, quant_bits=int(bits[k]), range=rng, w_range=(-1.0, 1.0),
+                          gain="layer", seed=0).program(Wr)
+            assert np.array_equal(w32[k], xb.read.w_fwd32) and np.array_equal(g32[k], xb.read.g32)
+            assert np.array_equal(alpha32[k], xb._alpha32)
+            assert has_beta[k] == (xb._beta32 is not None)
+            if has_beta[k]:
+                assert np.array_equal(beta32[k], xb._beta32)
+            assert clipped[k] == xb.stats()["weights_clipped"] and bad_w[k] == -1 and bad_b[k] == -1
+    finally:
+        mp.FAST_MIN = mp_fast
+
+
+def test_round_kernel_names_the_first_non_finite_weight():
+    W = np.zeros((2, 4, 3), np.float32)
+    W[0, 1, 2] = np.nan
+    W[1, 2, 0] = np.inf     # global asymm: inf clips to the top level (finite); local: all NaN
+    b = np.zeros((2, 3), np.float32)
+    out = [np.empty_like(W), np.empty_like(W), np.empty((2, 3), np.float32), np.empty((2, 3), np.float32),
+           np.empty(2, np.bool_), np.empty(2, np.int64), np.empty(2, np.int64), np.empty(2, np.int64)]
+    round_program_stack(W, b, np.full(2, -1.0), np.full(2, 1.0), np.array([3, 3]), np.zeros(2, bool),
+                        np.array([False, True]), np.zeros(2, np.int64), np.ones(2), np.zeros(2), *out)
+    assert out[-2][0] == 1 * 3 + 2 and out[-2][1] == 0
+
+
+SPEC = """
+name = "stacked"
+[base]
+network = "digits-mlp"
+dataset = "digits"
+update = "nearest"
+recipe = "seed"
+device = "ideal"
+epochs = 2
+train_limit = 300
+test_limit = 100
+eval_train = false
+[grid]
+rule = ["bp", "hsic"]
+bits = [2, 4]
+range = ["global", "local"]
+"""
+
+
+def _exp(tmp_path, text=SPEC):
+    p = tmp_path / "s.toml"
+    p.write_text(textwrap.dedent(text))
+    return Experiment.load(p)
+
+
+def test_sweep_groups_device_side_variants_and_says_why_others_are_alone(tmp_path):
+    exp = _exp(tmp_path, SPEC.replace('update = "nearest"\n', "").replace(
+        'rule = ["bp", "hsic"]', 'rule = ["bp", "hsic"]\nupdate = ["nearest", "qat"]'))
+    groups = plan_groups(exp.expand())
+    stacks = [g for g in groups if g.stacked]
+    assert len(stacks) == 2 and all(len(g.runs) == 4 for g in stacks)
+    alone = [g for g in groups if not g.stacked]
+    assert len(alone) == 8 and all("update 'qat' does not stack" in g.why for g in alone)
+    assert all(not g.stacked for g in plan_groups(exp.expand(), "off"))
+    lines = []
+    run_sweep(exp, tmp_path / "none.h5", workers=2, dry_run=True, print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "stacks are split by" in text and "rule" in text and "8 run(s) alone: update 'qat'" in text
+    assert "in 10 task(s) (2 stacked)" in lines[-1]
+    with pytest.raises(ConfigError, match="--stack 'maybe': expected one of auto, off"):
+        run_sweep(exp, tmp_path / "none.h5", dry_run=True, stack="maybe", print_fn=lines.append)
+
+
+def test_stacked_sweep_stores_what_unstacked_stores_and_resumes_a_partial_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("XBAR_SWEEP_INPROCESS", "1")
+    exp = _exp(tmp_path)
+    quiet = {"progress": False, "print_fn": lambda s: None, "workers": 1}
+    a = tmp_path / "stacked.h5"
+    first = run_sweep(exp, a, only={"bits": ["2"], "rule": ["bp"]}, **quiet)
+    assert first["done"] == 2 and first["stacks"] == 1
+    rest = run_sweep(exp, a, **quiet)
+    assert rest["done"] == 6 and rest["stacks"] == 2    # bp's group trains only its 2 missing runs
+    b = tmp_path / "alone.h5"
+    off = run_sweep(exp, b, stack="off", **quiet)
+    assert off["stacks"] == 0
+    da, db = store.load(a).set_index("key"), store.load(b).set_index("key")
+    db = db.loc[da.index]
+    assert list(da["test_accuracy"]) == list(db["test_accuracy"])
+    for k in da.index:
+        ha, hb = store.history(a, k), store.history(b, k)
+        for name in ("test_accuracy", "test_loss", "step_loss", "w_min", "g_max"):
+            assert np.array_equal(ha[name], hb[name], equal_nan=True), name
+        assert np.array_equal(store.histograms(a, k)[0][0], store.histograms(b, k)[0][0])
+
+
+def test_cli_refuses_an_unknown_stack_mode(tmp_path, capsys):
+    from xbar.cli import main
+    p = tmp_path / "s.toml"
+    p.write_text(textwrap.dedent(SPEC))
+    assert main(["sweep", str(p), "--stack", "sometimes", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--stack: invalid choice: 'sometimes' (choose from 'auto', 'off')" in err and len(err.splitlines()) == 1

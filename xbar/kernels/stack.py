@@ -1,0 +1,211 @@
+"""The per-step rounding and programming of a stack of K variants of one layer, in one pass.
+
+A stacked training run (:mod:`xbar.train.stack`) holds the same layer of K variants as (K, rows, out)
+arrays. After every step, update ``nearest`` rounds each variant's weights and bias with the seed
+quantizer (:func:`xbar.mapping.quantize`, float32) and programs the rounded weights (the planner's
+fused quantizer, :func:`xbar.kernels.program.program_quant_differential`, float64). These kernels
+do both for all K variants with each variant's own bits, quantizer and range: the same operations
+in the same order and dtype as those functions, so every variant gets the bits it gets alone
+(tests compare the two on every combination).
+
+Per-variant parameters (arrays of K): ``lo``/``hi`` the global range (float64), ``bits``,
+``symm`` (quantizer symm, else asymm), ``local`` (range local, per tensor, else global). Device
+constants per variant: ``n_levels`` (0: analog), ``window`` and ``g_min`` (µS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import njit_exact
+
+
+@njit_exact
+def _tensor_range(x, lo, hi, symm, local):
+    """The seed quantizer's range for flat float32 tensor x, as float32 (lo, hi) (symm: (-m, m)).
+
+    Local: min/max (symm: max|x|) with numpy's NaN propagation; global: (lo, hi) (symm: ±max|.|).
+    """
+    if local:
+        if symm:
+            m = np.float32(0.0)
+            for i in range(x.shape[0]):
+                a = abs(x[i])
+                if np.isnan(a):
+                    return np.float32(np.nan), np.float32(np.nan)
+                m = max(m, a)
+            return -m, m
+        mn = x[0]
+        mx = x[0]
+        for i in range(x.shape[0]):
+            v = x[i]
+            if np.isnan(v):
+                return np.float32(np.nan), np.float32(np.nan)
+            mn = min(mn, v)
+            mx = max(mx, v)
+        return mn, mx
+    if symm:
+        m = max(abs(lo), abs(hi))
+        return np.float32(-m), np.float32(m)
+    return np.float32(lo), np.float32(hi)
+
+
+@njit_exact
+def round_seed(x, lo, hi, bits, symm, local):
+    """Round flat float32 x in place with the seed quantizer (xbar.mapping.quantize); returns the
+    flat index of the first non-finite result, or -1."""
+    qlo, qhi = _tensor_range(x, lo, hi, symm, local)
+    nbad = 0
+    if symm:
+        m = qhi
+        if m != 0:   # a NaN range rounds everything to NaN, as numpy does
+            n = np.float32(2 ** (bits - 1) - 1)
+            neg = -m
+            for i in range(x.shape[0]):
+                v = x[i]
+                if v < neg:
+                    v = neg
+                elif v > m:
+                    v = m
+                r = np.rint(v * n / m) * m / n
+                x[i] = r
+                nbad += not np.isfinite(r)
+        else:
+            for i in range(x.shape[0]):
+                nbad += not np.isfinite(x[i])
+    elif qhi != qlo:
+        n = np.float32(2 ** bits - 1)
+        span = qhi - qlo
+        for i in range(x.shape[0]):
+            v = x[i]
+            if v < qlo:
+                v = qlo
+            elif v > qhi:
+                v = qhi
+            r = np.rint((v - qlo) * n / span) * span / n + qlo
+            x[i] = r
+            nbad += not np.isfinite(r)
+    else:
+        for i in range(x.shape[0]):
+            nbad += not np.isfinite(x[i])
+    if nbad:
+        for i in range(x.shape[0]):
+            if not np.isfinite(x[i]):
+                return i
+    return -1
+
+
+@njit_exact
+def _count_outside(x, lo, hi):
+    """How many of float32 x lie outside [lo, hi] (float64 compare): the planner's clipped count."""
+    n = 0
+    for e in range(x.shape[0]):
+        v = np.float64(x[e])
+        n += (v < lo) or (v > hi)
+    return n
+
+
+@njit_exact
+def round_stack(X, lo, hi, bits, symm, local, bad):
+    """round_seed on every variant k of X (K, ...) float32, in place; bad[k] = first non-finite index or -1."""
+    K = X.shape[0]
+    flat = X.reshape(K, -1)
+    for k in range(K):
+        bad[k] = round_seed(flat[k], lo[k], hi[k], bits[k], symm[k], local[k])
+
+
+@njit_exact
+def round_program_stack(W, b, lo, hi, bits, symm, local, n_levels, window, g_min,
+                        w32, g32, alpha32, beta32, has_beta, clipped, bad_w, bad_b):
+    """Round W (K, rows, out) and b (K, out) in place (round_seed), then program each variant's
+    rounded W as the planner's fused quantizer does, writing its forward weights w32, its float32
+    net conductances g32 (K, rows, out), gains alpha32 and offsets beta32 (K, out), has_beta[k]
+    (any offset non-zero), clipped[k] (weights outside the planner's range).
+
+    bad_w[k] / bad_b[k]: the first non-finite rounded weight / bias (flat index), or -1; such a
+    variant is not programmed (its run has diverged: programming refuses non-finite weights).
+    """
+    K, _, out = W.shape
+    for k in range(K):
+        wk = W[k].reshape(-1)
+        bad_w[k] = round_seed(wk, lo[k], hi[k], bits[k], symm[k], local[k])
+        bad_b[k] = round_seed(b[k], lo[k], hi[k], bits[k], symm[k], local[k])
+        clipped[k] = 0
+        if bad_w[k] >= 0 or bad_b[k] >= 0:
+            continue
+        # the planner's range on the rounded weights (xbar.mapping._col_ranges, gain "layer")
+        if local[k]:
+            plo = np.float64(wk[0])
+            phi = np.float64(wk[0])
+            for i in range(wk.shape[0]):
+                v = np.float64(wk[i])
+                plo = min(plo, v)
+                phi = max(phi, v)
+        else:
+            plo = lo[k]
+            phi = hi[k]
+        if symm[k]:
+            m = max(abs(plo), abs(phi))
+            plo = -m
+            phi = m
+            nq = np.float64(2 ** (bits[k] - 1) - 1)
+        else:
+            nq = np.float64(2 ** bits[k] - 1)
+        L = n_levels[k]
+        if L == 0:
+            dstep = window[k] / nq
+            lvl = 1.0
+            top = 0.0
+        else:
+            lvl = window[k] / (L - 1)
+            top = np.float64(L - 1)
+            dstep = max(1, (L - 1) // int(nq)) * lvl
+        span = phi - plo
+        if symm[k]:
+            step = phi / nq
+            beta = 0.0
+        else:
+            step = span / nq / 2
+            beta = (plo + phi) / 2
+        if span == 0:
+            step = 1.0
+            beta = plo
+        alpha = step / dstep
+        a32 = np.float32(alpha)
+        for j in range(out):
+            alpha32[k, j] = a32
+            beta32[k, j] = np.float32(beta)
+        has_beta[k] = beta != 0
+        gm = g_min[k]
+        wf = W[k].reshape(-1)
+        gf = g32[k].reshape(-1)
+        of = w32[k].reshape(-1)
+        if span == 0.0:   # every code is 0: both devices at g_min
+            for e in range(wf.shape[0]):
+                gf[e] = np.float32(0.0)
+                of[e] = np.float32(0.0 * alpha)
+            clipped[k] = _count_outside(wf, plo, phi)
+            continue
+        mm = phi if phi > 0 else 1.0
+        snap = L != 0
+        is_symm = symm[k]
+        for e in range(wf.shape[0]):
+            w = np.float64(wf[e])
+            if w < plo:
+                w = plo
+            elif w > phi:
+                w = phi
+            if is_symm:
+                c = np.round(w * nq / mm)
+            else:
+                c = 2.0 * np.round((w - plo) * nq / span) - nq
+            g = gm + abs(c) * dstep
+            if snap:
+                idx = np.round((g - gm) / lvl)
+                idx = min(max(idx, 0.0), top)
+                g = gm + idx * lvl
+            dif = g - gm if c >= 0 else gm - g
+            gf[e] = np.float32(dif)
+            of[e] = np.float32(dif * alpha)
+        n_clip = _count_outside(wf, plo, phi)
+        clipped[k] = n_clip

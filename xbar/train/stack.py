@@ -1,0 +1,567 @@
+"""Stacked training: K variants of one run (same network, rule, seed and data order; different
+device-side settings) trained in one process, each exactly as it would train alone.
+
+    from xbar.train import TrainConfig, train_many
+    results = train_many([TrainConfig(network="mlp-100x2", dataset="fmnist", update="nearest",
+                                      recipe="seed", bits=b) for b in range(2, 9)])
+
+Each variant first gets its own :class:`~xbar.train.trainer.Trainer`, built as for a run alone (its
+initial weights, feedback matrices, crossbars and first programming). The stack then takes their
+arrays as (K, ...) stacks and runs every step once for all of them: the shared batch meets the K
+first-layer weight matrices in one batched product, deeper layers are batched products over K,
+and the optimizer, the rounding and the programming (:mod:`xbar.kernels.stack`) run on the
+stack. Every operation is the one a variant's own run performs on its slice (the same BLAS call
+per matrix, the same element-wise float32 arithmetic), so histories and weights come out bit for
+bit equal (tests/test_stack.py compares them on every rule and grid). The Python cost of a step
+is paid once per stack instead of once per run; it is most of a step on the seed study's small
+networks.
+
+After every epoch each variant's own network gets the stack's weights and is programmed and
+evaluated as in a run alone (its crossbars, its evaluation, its history entry and probe). A
+variant that diverges (the same checks, the same message) leaves the stack; the others go on.
+
+What stacks (:func:`stack_blocker` says why a config does not): dense chains (no batch norm,
+pooling, dropout, binary weights or masks) with biases; rules bp, fa, dfa, hsic and sg; updates
+``float`` and ``nearest`` (quant asymm/symm, range global or local with a per-layer gain) on
+devices whose writes and reads are exact (no programming or read noise, faults, spread, drift,
+ADC/DAC, IR drop or I–V nonlinearity) and that need no bit slices or replicas. Variants in one
+stack may differ in :data:`DEVICE_SIDE` fields only; :func:`group_key` is what they must share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import data as xdata
+from ..errors import ConfigError, ShapeError
+from ..kernels.stack import round_program_stack, round_stack
+from ..nn import loss_and_error
+from ..tile.arrays import as_matrix, raise_nonfinite
+from .config import TrainConfig
+from .hsic import layer_objective
+from .optim import Adam, StepLR, make_optimizer
+from .rule import one_hot
+from .trainer import Trainer, evaluate, loss_divergence
+
+# The fields a stack's variants may differ in: the devices and how weights are placed on them.
+DEVICE_SIDE = ("device", "device_set", "bits", "quant", "range", "w_max", "gain", "tile")
+STACK_RULES = ("bp", "fa", "dfa", "hsic", "sg")
+STACK_UPDATES = ("float", "nearest")
+# Fields that describe outputs or where data lives, not the training itself.
+_NEUTRAL = ("data_dir",)
+
+
+def group_key(cfg: TrainConfig) -> tuple:
+    """What variants of one stack must share: every resolved field but DEVICE_SIDE."""
+    d = cfg.as_dict()
+    return tuple(sorted((k, repr(v)) for k, v in d.items() if k not in DEVICE_SIDE))
+
+
+def stack_blocker(cfg: TrainConfig) -> str | None:
+    """None when a resolved config can train in a stack, else why not (one line)."""
+    if cfg.rule not in STACK_RULES:
+        return f"rule {cfg.rule!r} does not stack (stacking: {', '.join(STACK_RULES)})"
+    if cfg.update not in STACK_UPDATES:
+        return f"update {cfg.update!r} does not stack (stacking: {', '.join(STACK_UPDATES)})"
+    if cfg.init:
+        return "init from a checkpoint does not stack"
+    if cfg.update == "nearest":
+        if cfg.quant not in ("asymm", "symm"):
+            return f"quant {cfg.quant!r} does not stack (stacking: asymm, symm)"
+        if cfg.range not in ("global", "local"):
+            return f"range {cfg.range!r} does not stack (stacking: global, local)"
+        if cfg.range == "local" and cfg.gain == "column":
+            return "range 'local' with gain 'column' does not stack"
+        if cfg.adc_bits is not None or cfg.dac_bits is not None:
+            return "ADC/DAC periphery does not stack"
+    return None
+
+
+def _layer_blocker(layer) -> str | None:
+    if type(layer).__name__ != "Dense" or layer.bn is not None or layer.tail or layer.head \
+            or layer.weights != "real" or layer.mask is not None or layer.b is None or layer.branch:
+        return f"layer {layer!r} does not stack (plain dense layers with a bias only)"
+    xb = layer.crossbar
+    if xb is None:
+        return None
+    s = xb.settings
+    exact = (xb._analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
+             and xb.planner.fused and s.quant is not None and s.ir_drop == "none" and s.replicas == 1
+             and s.slices == 1 and s.mapping == "differential" and s.bias == "digital"
+             and xb.state.nu is None and xb.state.t_s is None and xb.state.drift_compensation == 1.0)
+    return None if exact else (f"device {xb.device.name!r} does not stack (stacking needs exact writes "
+                               "and reads: no noise, faults, spread, drift, ADC/DAC or IR drop)")
+
+
+class Diverging:
+    """Per-variant divergence messages of one step (the first one of a variant wins)."""
+
+    def __init__(self, K: int):
+        self.msg: list[str | None] = [None] * K
+
+    def set(self, k: int, text: str) -> None:
+        if self.msg[k] is None:
+            self.msg[k] = text
+
+    def overflow(self, k: int, name: str, arr: np.ndarray) -> None:
+        """The message of a crossbar that refused a non-finite array (Trainer.step's wording)."""
+        try:
+            raise_nonfinite(name, arr, arr)
+        except ShapeError as exc:
+            self.set(k, f"values left the float32 range ({exc})")
+
+    def refused(self, k: int, name: str, arr: np.ndarray) -> None:
+        """The message of programming refusing a non-finite weight or bias array."""
+        try:
+            as_matrix(name, arr)
+        except ShapeError as exc:
+            self.set(k, f"values left the float32 range ({exc})")
+
+
+class StackTrainer:
+    """K variants of one run as one stack (see the module docstring).
+
+    trainers: the variants' own Trainers (built here, as for runs alone); alive: the indices of
+    the variants still in the stack, in stack order.
+    """
+
+    def __init__(self, cfgs: list[TrainConfig], n_in: int, n_classes: int):
+        if not cfgs:
+            raise ConfigError("train_many: no configs")
+        keys = {group_key(c) for c in cfgs}
+        if len(keys) > 1:
+            raise ConfigError("train_many: the configs differ in more than device-side fields "
+                              f"({', '.join(DEVICE_SIDE)}); use xbar.train.stack.plan_groups to split them")
+        for c in cfgs:
+            why = stack_blocker(c)
+            if why:
+                raise ConfigError(f"train_many: {why}")
+        self.cfgs = cfgs
+        self.trainers = [Trainer(c, n_in, n_classes) for c in cfgs]
+        for t in self.trainers:
+            for layer in t.net.layers:
+                why = _layer_blocker(layer)
+                if why:
+                    raise ConfigError(f"train_many: {why}")
+        t0 = self.trainers[0]
+        self.cfg = cfgs[0]
+        self.rule_name = self.cfg.rule
+        self.rule0 = t0.rule
+        self.on_device = self.cfg.update == "nearest"
+        self.shuffle = t0.shuffle
+        self.n_layers = len(t0.net.layers)
+        self.funcs = [(layer._f, layer._back) for layer in t0.net.layers]
+        self.output = t0.net.output
+        self.n_classes = n_classes
+        K = len(cfgs)
+        self.alive = np.arange(K)
+        nets = [t.net for t in self.trainers]
+
+        def stack(get):
+            return [np.ascontiguousarray(np.stack([get(n, i) for n in nets])) for i in range(self.n_layers)]
+
+        self.W = stack(lambda n, i: n.layers[i].W)
+        self.b = stack(lambda n, i: n.layers[i].b)
+        self.counts = np.zeros((K, self.n_layers, 4), np.int64)   # programs, mvm, mvm_t, clipped
+        if self.on_device:
+            self.w32 = stack(lambda n, i: n.layers[i].crossbar.read.w_fwd32)
+            self.g32 = stack(lambda n, i: n.layers[i].crossbar.read.g32)
+            self.alpha32 = stack(lambda n, i: n.layers[i].crossbar._alpha32)
+            self.beta32 = stack(lambda n, i: (n.layers[i].crossbar._beta32 if n.layers[i].crossbar._beta32
+                                              is not None else np.zeros(n.layers[i].n_out, np.float32)))
+            self.has_beta = [np.array([n.layers[i].crossbar._beta32 is not None for n in nets]) for i in
+                             range(self.n_layers)]
+            self.qp = [self._quant_params([t.update.setups[i] for t in self.trainers],
+                                          [t.net.layers[i].crossbar.device for t in self.trainers])
+                       for i in range(self.n_layers)]
+        self.B = [np.ascontiguousarray(np.stack(Bs)) for Bs in zip(*[t.feedback for t in self.trainers])]
+        self.fbq = []
+        if self.on_device and self.B:
+            self.fbq = [self._quant_params([t.update._fb_setups[i] for t in self.trainers], None)
+                        for i in range(len(self.B))]
+        if self.rule_name == "sg":
+            mods = [t.rule.modules for t in self.trainers]
+            self.sg_A = [np.stack([m[i].A for m in mods]) for i in range(self.n_layers - 1)]
+            self.sg_C = [None if mods[0][i].C is None else np.stack([m[i].C for m in mods])
+                         for i in range(self.n_layers - 1)]
+            self.sg_c = [np.stack([m[i].c for m in mods]) for i in range(self.n_layers - 1)]
+            self.sg_opt = Adam(self._sg_params(), self.rule0.lr)
+        self.opt = None
+        self._active: tuple[int, ...] = ()
+        self._cover(tuple(range(self.n_layers)), self.cfg.lr)
+        self.sched = StepLR(self.opt, self.cfg.lr_step, self.cfg.lr_gamma)
+        self.first_loss: list[float | None] = [None] * K
+        self.departed: list[tuple[int, str]] = []   # (variant, message): diverged, not yet collected
+        self.step_loss = np.zeros(K)
+        self.step_correct = np.zeros(K, np.int64)
+
+    # ---- state -------------------------------------------------------------------------------
+    @staticmethod
+    def _quant_params(setups, devices) -> dict[str, np.ndarray]:
+        out = {"lo": np.array([s.w_range[0] for s in setups], np.float64),
+               "hi": np.array([s.w_range[1] for s in setups], np.float64),
+               "bits": np.array([s.bits for s in setups], np.int64),
+               "symm": np.array([s.quant == "symm" for s in setups]),
+               "local": np.array([s.range == "local" for s in setups])}
+        if devices is not None:
+            out["n_levels"] = np.array([0 if d.levels() is None else len(d.levels()) for d in devices], np.int64)
+            out["window"] = np.array([d.window_us for d in devices], np.float64)
+            out["g_min"] = np.array([d.g_min_us for d in devices], np.float64)
+        return out
+
+    def _sg_params(self) -> list[np.ndarray]:
+        out = []
+        for A, C, c in zip(self.sg_A, self.sg_C, self.sg_c):
+            out += [A, c] if C is None else [A, C, c]
+        return out
+
+    def _cover(self, active: tuple[int, ...], lr: float) -> None:
+        """A fresh optimizer over the layers in `active` (Trainer._cover's rule)."""
+        cfg = self.cfg
+        params = [p for i in active for p in (self.W[i], self.b[i])]
+        self.opt = make_optimizer(cfg.optimizer, params, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if hasattr(self, "sched"):
+            self.sched.optimizer = self.opt
+        self._active = active
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Leave only the stack entries where `keep` is True (diverged variants leave)."""
+        def sel(a):
+            return None if a is None else np.ascontiguousarray(a[keep])
+
+        old_params = self.opt.params
+        for name in ("W", "b", "w32", "g32", "alpha32", "beta32", "has_beta", "B", "sg_A", "sg_C", "sg_c"):
+            if hasattr(self, name):
+                setattr(self, name, [sel(a) for a in getattr(self, name)])
+        for name in ("qp", "fbq"):
+            if hasattr(self, name):
+                setattr(self, name, [{k: v[keep] for k, v in d.items()} for d in getattr(self, name)])
+        # The optimizers' state follows its parameters (same order, same slices).
+        new_params = [p for i in self._active for p in (self.W[i], self.b[i])]
+        _reindex(self.opt, old_params, new_params, keep)
+        if self.rule_name == "sg":
+            old = self.sg_opt.params
+            _reindex(self.sg_opt, old, self._sg_params(), keep)
+        self.alive = self.alive[keep]
+        self.step_loss = self.step_loss[keep]
+        self.step_correct = self.step_correct[keep]
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _read(self, i: int, x: np.ndarray, div: Diverging) -> np.ndarray:
+        """Layer i's forward read for input x ((m, n) shared, or (K, m, n)): Crossbar.mvm's math."""
+        if not self.on_device:
+            a = np.matmul(x, self.W[i])
+            a += self.b[i][:, None, :]
+            return a
+        a = np.matmul(x, self.w32[i])
+        a += self.b[i][:, None, :]
+        hb = self.has_beta[i]
+        if hb.any():
+            idx = np.flatnonzero(hb)
+            xs = x.sum(axis=-1, keepdims=True)
+            a[idx] += (xs if xs.ndim == 2 else xs[idx]) * self.beta32[i][idx][:, None, :]
+        live = np.array([m is None for m in div.msg], bool)   # a run stops at its first overflow
+        self.counts[self.alive[live], i, 1] += 1
+        ok = np.isfinite(a).all(axis=(1, 2))
+        if not ok.all():
+            for k in np.flatnonzero(~ok):
+                div.overflow(k, "X", x if x.ndim == 2 else x[k])
+        return a
+
+    def _read_t(self, i: int, delta: np.ndarray, div: Diverging) -> np.ndarray:
+        """delta Wᵀ of layer i on its devices (Crossbar.mvm_t's math), or of its digital weights."""
+        if not self.on_device:
+            return np.matmul(delta, self.W[i].swapaxes(1, 2))
+        Ea = delta * self.alpha32[i][:, None, :]
+        y = np.matmul(Ea, self.g32[i].swapaxes(1, 2))
+        self.counts[self.alive, i, 2] += 1
+        ok = np.isfinite(y).all(axis=(1, 2))
+        if not ok.all():
+            for k in np.flatnonzero(~ok):
+                div.overflow(k, "E", delta[k])
+        for k in np.flatnonzero(self.has_beta[i]):
+            y[k] += (delta[k] @ self.beta32[i][k])[:, None]
+        return y
+
+    def _local_delta(self, i: int, g: np.ndarray, a: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return self.funcs[i][1](g, a, z)
+
+    def step(self, x: np.ndarray, y: np.ndarray, div: Diverging) -> None:
+        """One step of every variant in the stack on batch (x, y); divergences go to `div`."""
+        L = self.n_layers
+        xs, As, Zs = [], [], []
+        h = x
+        for i in range(L):
+            a = self._read(i, h, div)
+            z = self.funcs[i][0](a)
+            xs.append(h)
+            As.append(a)
+            Zs.append(z)
+            h = z
+        out = h
+        K = len(self.alive)
+        E = np.empty_like(out)
+        for k in range(K):
+            loss, e = loss_and_error(self.output, out[k], y)
+            E[k] = e
+            j = self.alive[k]
+            self.step_correct[k] += int(np.count_nonzero(np.argmax(out[k], axis=1) == y))
+            self.step_loss[k] += loss
+            msg, self.first_loss[j] = loss_divergence(loss, self.first_loss[j])
+            if msg:
+                div.set(k, msg)
+        if any(m is not None for m in div.msg):
+            # Runs alone stop here, before their update: they leave the stack as they are now.
+            keep = self._depart(div)
+            xs = [a if a.ndim == 2 else np.ascontiguousarray(a[keep]) for a in xs]
+            As = [np.ascontiguousarray(a[keep]) for a in As]
+            Zs = [As[i] if z is As[i] else np.ascontiguousarray(z[keep]) for i, z in enumerate(Zs)]
+            E = np.ascontiguousarray(E[keep])
+            if not len(self.alive):
+                return
+            div = Diverging(len(self.alive))
+        deltas = self._deltas(xs, As, Zs, E, y, div)
+        active = tuple(i for i, d in enumerate(deltas) if d is not None)
+        if active != self._active:
+            self._cover(active, self.opt.lr)
+        grads = []
+        for i in active:
+            xi = xs[i]
+            grads.append(np.matmul(xi.T if xi.ndim == 2 else xi.swapaxes(1, 2), deltas[i]))
+            grads.append(deltas[i].sum(axis=1))
+        self.opt.step(grads)
+        if self.rule_name == "sg" and self._sg_pending is not None:
+            self.sg_opt.step(self._sg_pending)
+            self._sg_pending = None
+        if self.on_device:
+            self._program(div)
+        if any(m is not None for m in div.msg):
+            # (a run alone stops part-way through this update; its leaving state is the stack's)
+            self._depart(div)
+
+    def _depart(self, div: Diverging) -> np.ndarray:
+        """The variants with a message leave the stack (synced into their own Trainers, noted in
+        `departed` as (index, message)); returns the keep mask applied."""
+        keep = np.array([m is None for m in div.msg], bool)
+        for k in np.flatnonzero(~keep):
+            self.sync(int(k))
+            self.departed.append((int(self.alive[k]), div.msg[k]))
+        self._keep(keep)
+        return keep
+
+    def _deltas(self, xs, As, Zs, E, y, div) -> list[np.ndarray | None]:
+        L = self.n_layers
+        out: list[np.ndarray | None] = [None] * L
+        out[-1] = E
+        rule = self.rule_name
+        if rule in ("bp", "fa"):
+            for i in range(L - 2, -1, -1):
+                if rule == "bp":
+                    g = self._read_t(i + 1, out[i + 1], div)
+                else:
+                    g = np.matmul(out[i + 1], self.B[i].swapaxes(1, 2))
+                out[i] = self._local_delta(i, g, As[i], Zs[i])
+        elif rule == "dfa":
+            for i in range(L - 1):
+                out[i] = self._local_delta(i, np.matmul(E, self.B[i]), As[i], Zs[i])
+        elif rule == "hsic":
+            r = self.rule0
+            if r.learning_hidden():
+                G = r.label_term(xs[0], y, self.n_classes)
+                for i in range(L - 1):
+                    g = np.zeros_like(Zs[i])
+                    for k in range(len(self.alive)):
+                        if div.msg[k] is None:
+                            g[k] = layer_objective(Zs[i][k], G, r.sigma, r.eps, r.standardise)[1]
+                    out[i] = self._local_delta(i, g, As[i], Zs[i])
+        else:   # sg
+            Y = one_hot(y, self.n_classes) if self.rule0.conditioned else None
+            m = E.shape[1]
+            preds = []
+            for i in range(L - 1):
+                p = np.matmul(Zs[i], self.sg_A[i])
+                if self.sg_C[i] is not None:
+                    p += np.matmul(Y, self.sg_C[i])
+                p += self.sg_c[i][:, None, :]
+                preds.append(p)
+                out[i] = self._local_delta(i, p * np.float32(1.0 / m), As[i], Zs[i])
+            grads = []
+            for i in range(L - 1):
+                target = self._read_t(i + 1, out[i + 1], div) * np.float32(m)
+                d = (preds[i] - target) * np.float32(1.0 / m)
+                grads.append(np.matmul(Zs[i].swapaxes(1, 2), d))
+                if self.sg_C[i] is not None:
+                    grads.append(np.matmul(Y.T, d))
+                grads.append(d.sum(axis=1))
+            self._sg_pending = grads
+        return out
+
+    def _program(self, div: Diverging) -> None:
+        """Update nearest's after_step for the stack: feedback, then weights and biases, rounded
+        and programmed layer by layer."""
+        K = len(self.alive)
+        bad = np.empty(K, np.int64)
+        for B, q in zip(self.B, self.fbq):
+            round_stack(B, q["lo"], q["hi"], q["bits"], q["symm"], q["local"], bad)
+        bad_b = np.empty(K, np.int64)
+        clipped = np.empty(K, np.int64)
+        for i in range(self.n_layers):
+            q = self.qp[i]
+            has_beta = np.empty(K, np.bool_)
+            round_program_stack(self.W[i], self.b[i], q["lo"], q["hi"], q["bits"], q["symm"], q["local"],
+                                q["n_levels"], q["window"], q["g_min"], self.w32[i], self.g32[i], self.alpha32[i],
+                                self.beta32[i], has_beta, clipped, bad, bad_b)
+            self.has_beta[i] = has_beta
+            self.counts[self.alive, i, 0] += 1
+            self.counts[self.alive, i, 3] += clipped
+            for k in np.flatnonzero((bad >= 0) | (bad_b >= 0)):
+                if bad[k] >= 0:
+                    div.refused(k, "W", self.W[i][k])
+                else:
+                    div.refused(k, "b", self.b[i][k].reshape(1, -1))
+
+    # ---- the variants' own networks ----------------------------------------------------------------
+    def sync(self, k: int) -> Trainer:
+        """Variant `k` (stack position) written into its own Trainer: weights, feedback, SG modules,
+        crossbars programmed from them, counters as a run alone would show them."""
+        j = int(self.alive[k])
+        t = self.trainers[j]
+        for i, layer in enumerate(t.net.layers):
+            layer.W[...] = self.W[i][k]
+            layer.b[...] = self.b[i][k]
+            xb = layer.crossbar
+            if xb is not None:
+                saved = dict(xb._stats)
+                try:
+                    layer.program()
+                except ShapeError:   # a variant that left with non-finite weights keeps its last state
+                    pass
+                xb._stats.clear()
+                xb._stats.update(saved)
+                c = self.counts[j, i]
+                for name, col in (("programs", 0), ("mvm_calls", 1), ("mvm_t_calls", 2), ("weights_clipped", 3)):
+                    xb._stats[name] += int(c[col])
+                self.counts[j, i] = 0
+        for B, Bs in zip(t.feedback, self.B):
+            B[...] = Bs[k]
+        if self.rule_name == "sg":
+            for i, mod in enumerate(t.rule.modules):
+                mod.A[...] = self.sg_A[i][k]
+                mod.c[...] = self.sg_c[i][k]
+                if mod.C is not None:
+                    mod.C[...] = self.sg_C[i][k]
+        t.opt.lr = self.opt.lr
+        return t
+
+    _sg_pending = None
+
+
+def _reindex(opt, old_params, new_params, keep) -> None:
+    """Point optimizer `opt` at new_params (old_params[keep], same order) and slice its state alike."""
+    ids = {id(p): n for n, p in enumerate(old_params)}
+    opt.params = new_params
+    for name, val in list(vars(opt).items()):
+        if name == "params" or not isinstance(val, list) or len(val) != len(old_params):
+            continue
+        new = []
+        for item in val:
+            if isinstance(item, np.ndarray):
+                new.append(np.ascontiguousarray(item[keep]))
+            elif isinstance(item, tuple):
+                new.append(tuple(np.ascontiguousarray(a[keep]) for a in item))
+            else:
+                new.append(item)
+        setattr(opt, name, new)
+    del ids
+
+
+# ---- the training loop ---------------------------------------------------------------------------
+
+def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+               keep_trainer: bool = False, probe: Callable | None = None) -> list[dict[str, Any]]:
+    """Train variants of one run together (see the module docstring); returns one result per
+    config, each what :func:`xbar.train.train` returns for it alone.
+
+    configs: TrainConfigs (or dicts) that differ only in DEVICE_SIDE fields and all stack
+    (:func:`stack_blocker`); otherwise ConfigError. on_epoch(i, entry): config i's history entry.
+    data, keep_trainer, probe: as for train().
+    """
+    from .loop import _hardware as hardware
+    from .loop import after_programming, load_data, record_epoch
+    start = time.perf_counter()
+    cfgs = [(c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c)).resolve() for c in configs]
+    Xtr, ytr, Xte, yte = load_data(cfgs[0], data)
+    st = StackTrainer(cfgs, Xtr.shape[1], xdata.num_classes(cfgs[0].dataset))
+    K = len(cfgs)
+    history: list[list[dict]] = [[] for _ in range(K)]
+    status, message = ["ok"] * K, [""] * K
+    train_seconds = [0.0] * K
+    n, bs = len(Xtr), cfgs[0].batch_size
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(1, cfgs[0].epochs + 1):
+            if not len(st.alive):
+                break
+            perm = st.shuffle.permutation(n)
+            t0 = time.perf_counter()
+            st.rule0.start_epoch(epoch)
+            st.step_loss[:] = 0.0
+            st.step_correct[:] = 0
+            steps = 0
+            for s in range(0, n, bs):
+                idx = perm[s:s + bs]
+                st.step(Xtr[idx], ytr[idx], Diverging(len(st.alive)))
+                steps += 1
+                for j, msg in st.departed:
+                    status[j], message[j] = "diverged", f"{msg} at epoch {epoch}, step {steps}"
+                    train_seconds[j] += time.perf_counter() - t0
+                st.departed.clear()
+                if not len(st.alive):
+                    break
+            seconds = time.perf_counter() - t0
+            if not len(st.alive):
+                break
+            st.sched.step()
+            ended = []
+            for k in range(len(st.alive)):
+                j = int(st.alive[k])
+                train_seconds[j] += seconds
+                t = st.sync(k)
+                msg = record_epoch(history[j], None if on_epoch is None else (lambda e, j=j: on_epoch(j, e)),
+                                   cfgs[j], epoch, lambda X, y, net=t.net: evaluate(net, X, y),
+                                   (Xtr, ytr, Xte, yte), float(st.step_loss[k]), steps, seconds, st.opt.lr,
+                                   int(st.step_correct[k]))
+                if probe is not None:
+                    history[j][-1].update(probe(t.net))
+                if msg:
+                    status[j], message[j] = "diverged", msg
+                    ended.append(k)
+            if ended:
+                keep = np.ones(len(st.alive), bool)
+                keep[ended] = False
+                st._keep(keep)
+    results = []
+    total = time.perf_counter() - start
+    for j, cfg in enumerate(cfgs):
+        t = st.trainers[j]
+        ok = status[j] == "ok"
+        after = after_programming(cfg, t.net, Xte, yte) if ok and cfg.eval_at_s else None
+        res = {"status": status[j], "message": message[j],
+               "test_accuracy": history[j][-1]["test_accuracy"] if history[j] and ok else None,
+               "train_accuracy": history[j][-1]["train_accuracy"] if history[j] and ok else None,
+               "history": history[j], "seconds": total / K, "train_seconds": train_seconds[j],
+               "config": cfg.as_dict(),
+               "network": {"name": t.spec.name, "widths": t.spec.widths(Xtr.shape[1], t.net.layers[-1].n_out)},
+               "hardware": hardware(t.net), "stacked": K}
+        if after is not None:
+            res["after_programming"] = after
+        if keep_trainer:
+            res["_trainer"] = t
+        results.append(res)
+    return results
+
+
+__all__ = ["DEVICE_SIDE", "StackTrainer", "group_key", "stack_blocker", "train_many"]
