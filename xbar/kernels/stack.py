@@ -96,22 +96,99 @@ def round_seed(x, lo, hi, bits, symm, local):
 
 
 @njit_exact
-def _count_outside(x, lo, hi):
-    """How many of float32 x lie outside [lo, hi] (float64 compare): the planner's clipped count."""
-    n = 0
-    for e in range(x.shape[0]):
-        v = np.float64(x[e])
-        n += (v < lo) or (v > hi)
-    return n
-
-
-@njit_exact
 def round_stack(X, lo, hi, bits, symm, local, bad):
     """round_seed on every variant k of X (K, ...) float32, in place; bad[k] = first non-finite index or -1."""
     K = X.shape[0]
     flat = X.reshape(K, -1)
     for k in range(K):
         bad[k] = round_seed(flat[k], lo[k], hi[k], bits[k], symm[k], local[k])
+
+
+@njit_exact
+def _round_codes(x, lo, hi, bits, symm, local, qi):
+    """round_seed for a tensor that is not degenerate, also writing each value's integer code
+    qi (asymm 0..n, symm -n..n); returns (qlo, qhi, n, first non-finite index or -1), or
+    n = 0 when the quantizer leaves the tensor unchanged (a degenerate range)."""
+    qlo, qhi = _tensor_range(x, lo, hi, symm, local)
+    nbad = 0
+    if symm:
+        m = qhi
+        if m == 0:
+            return qlo, qhi, np.float32(0.0), -1
+        n = np.float32(2 ** (bits - 1) - 1)
+        neg = -m
+        for i in range(x.shape[0]):
+            v = x[i]
+            if v < neg:
+                v = neg
+            elif v > m:
+                v = m
+            q = np.rint(v * n / m)
+            r = q * m / n
+            x[i] = r
+            ok = np.isfinite(r)
+            nbad += not ok
+            qi[i] = np.int32(q) if ok else 0
+    else:
+        if qhi == qlo:
+            return qlo, qhi, np.float32(0.0), -1
+        n = np.float32(2 ** bits - 1)
+        span = qhi - qlo
+        for i in range(x.shape[0]):
+            v = x[i]
+            if v < qlo:
+                v = qlo
+            elif v > qhi:
+                v = qhi
+            q = np.rint((v - qlo) * n / span)
+            r = q * span / n + qlo
+            x[i] = r
+            ok = np.isfinite(r)
+            nbad += not ok
+            qi[i] = np.int32(q) if ok else 0
+    if nbad:
+        for i in range(x.shape[0]):
+            if not np.isfinite(x[i]):
+                return qlo, qhi, n, i
+    return qlo, qhi, n, -1
+
+
+@njit_exact
+def _code_value(q, qlo, qhi, n, symm):
+    """The rounded value of integer code q (the seed quantizer's own float32 formula)."""
+    qf = np.float32(q)
+    if symm:
+        return qf * qhi / n
+    span = qhi - qlo
+    return qf * span / n + qlo
+
+
+@njit_exact
+def _program_value(wv, plo, phi, nq, symm, gm, dstep, lvl, top, snap):
+    """The planner's net conductance G+ - G- for one float64 weight (program_quant_differential's
+    cell, same operations) and whether it was clipped."""
+    w = wv
+    clip = 0
+    if w < plo:
+        w = plo
+        clip = 1
+    elif w > phi:
+        w = phi
+        clip = 1
+    span = phi - plo
+    if span == 0.0:
+        c = 0.0
+    elif symm:
+        mm = phi if phi > 0 else 1.0
+        c = np.round(w * nq / mm)
+    else:
+        c = 2.0 * np.round((w - plo) * nq / span) - nq
+    g = gm + abs(c) * dstep
+    if snap:
+        idx = np.round((g - gm) / lvl)
+        idx = min(max(idx, 0.0), top)
+        g = gm + idx * lvl
+    return (g - gm if c >= 0 else gm - g), clip
 
 
 @njit_exact
@@ -122,29 +199,50 @@ def round_program_stack(W, b, lo, hi, bits, symm, local, n_levels, window, g_min
     net conductances g32 (K, rows, out), gains alpha32 and offsets beta32 (K, out), has_beta[k]
     (any offset non-zero), clipped[k] (weights outside the planner's range).
 
+    A rounded weight is a function of its integer code, so the planner's per-cell arithmetic runs
+    once per code (at most 2^8 of them, into a table) and the cells take their code's entry: the
+    same operations on the same values as program_quant_differential, cell by cell.
+
     bad_w[k] / bad_b[k]: the first non-finite rounded weight / bias (flat index), or -1; such a
     variant is not programmed (its run has diverged: programming refuses non-finite weights).
     """
     K, _, out = W.shape
+    qi = np.empty(W.shape[1] * W.shape[2], np.int32)
+    tab_g = np.empty(512, np.float32)
+    tab_w = np.empty(512, np.float32)
+    tab_c = np.empty(512, np.int64)
     for k in range(K):
         wk = W[k].reshape(-1)
-        bad_w[k] = round_seed(wk, lo[k], hi[k], bits[k], symm[k], local[k])
-        bad_b[k] = round_seed(b[k], lo[k], hi[k], bits[k], symm[k], local[k])
+        is_symm = symm[k]
+        qlo, qhi, n, bad = _round_codes(wk, lo[k], hi[k], bits[k], is_symm, local[k], qi)
+        bad_w[k] = bad
+        bad_b[k] = round_seed(b[k], lo[k], hi[k], bits[k], is_symm, local[k])
         clipped[k] = 0
         if bad_w[k] >= 0 or bad_b[k] >= 0:
             continue
-        # the planner's range on the rounded weights (xbar.mapping._col_ranges, gain "layer")
+        coded = n != 0
+        # the planner's range on the rounded weights (xbar.mapping._col_ranges, gain "layer"):
+        # the rounded values grow with their code, so the extremes are those of the extreme codes
         if local[k]:
-            plo = np.float64(wk[0])
-            phi = np.float64(wk[0])
-            for i in range(wk.shape[0]):
-                v = np.float64(wk[i])
-                plo = min(plo, v)
-                phi = max(phi, v)
+            if coded:
+                cmin = qi[0]
+                cmax = qi[0]
+                for e in range(qi.shape[0]):
+                    cmin = min(cmin, qi[e])
+                    cmax = max(cmax, qi[e])
+                plo = np.float64(_code_value(cmin, qlo, qhi, n, is_symm))
+                phi = np.float64(_code_value(cmax, qlo, qhi, n, is_symm))
+            else:
+                plo = np.float64(wk[0])
+                phi = np.float64(wk[0])
+                for e in range(wk.shape[0]):
+                    v = np.float64(wk[e])
+                    plo = min(plo, v)
+                    phi = max(phi, v)
         else:
             plo = lo[k]
             phi = hi[k]
-        if symm[k]:
+        if is_symm:
             m = max(abs(plo), abs(phi))
             plo = -m
             phi = m
@@ -161,7 +259,7 @@ def round_program_stack(W, b, lo, hi, bits, symm, local, n_levels, window, g_min
             top = np.float64(L - 1)
             dstep = max(1, (L - 1) // int(nq)) * lvl
         span = phi - plo
-        if symm[k]:
+        if is_symm:
             step = phi / nq
             beta = 0.0
         else:
@@ -177,35 +275,28 @@ def round_program_stack(W, b, lo, hi, bits, symm, local, n_levels, window, g_min
             beta32[k, j] = np.float32(beta)
         has_beta[k] = beta != 0
         gm = g_min[k]
-        wf = W[k].reshape(-1)
+        snap = L != 0
         gf = g32[k].reshape(-1)
         of = w32[k].reshape(-1)
-        if span == 0.0:   # every code is 0: both devices at g_min
-            for e in range(wf.shape[0]):
-                gf[e] = np.float32(0.0)
-                of[e] = np.float32(0.0 * alpha)
-            clipped[k] = _count_outside(wf, plo, phi)
-            continue
-        mm = phi if phi > 0 else 1.0
-        snap = L != 0
-        is_symm = symm[k]
-        for e in range(wf.shape[0]):
-            w = np.float64(wf[e])
-            if w < plo:
-                w = plo
-            elif w > phi:
-                w = phi
-            if is_symm:
-                c = np.round(w * nq / mm)
-            else:
-                c = 2.0 * np.round((w - plo) * nq / span) - nq
-            g = gm + abs(c) * dstep
-            if snap:
-                idx = np.round((g - gm) / lvl)
-                idx = min(max(idx, 0.0), top)
-                g = gm + idx * lvl
-            dif = g - gm if c >= 0 else gm - g
-            gf[e] = np.float32(dif)
-            of[e] = np.float32(dif * alpha)
-        n_clip = _count_outside(wf, plo, phi)
+        n_clip = 0
+        if coded:
+            base = 256 if is_symm else 0      # table index of code q: q + base
+            qn = int(n)
+            for q in range(-qn if is_symm else 0, qn + 1):
+                dif, cl = _program_value(np.float64(_code_value(q, qlo, qhi, n, is_symm)), plo, phi, nq,
+                                         is_symm, gm, dstep, lvl, top, snap)
+                tab_g[q + base] = np.float32(dif)
+                tab_w[q + base] = np.float32(dif * alpha)
+                tab_c[q + base] = cl
+            for e in range(qi.shape[0]):
+                t = qi[e] + base
+                gf[e] = tab_g[t]
+                of[e] = tab_w[t]
+                n_clip += tab_c[t]
+        else:   # the quantizer left the tensor as it was: cell by cell
+            for e in range(wk.shape[0]):
+                dif, cl = _program_value(np.float64(wk[e]), plo, phi, nq, is_symm, gm, dstep, lvl, top, snap)
+                gf[e] = np.float32(dif)
+                of[e] = np.float32(dif * alpha)
+                n_clip += cl
         clipped[k] = n_clip

@@ -69,27 +69,36 @@ from ..config import Field
 from ..errors import ConfigError, ShapeError
 from .rule import RULES, Rule, one_hot
 
+# The functions below take one matrix or a stack of them (leading axes: variants of a stacked
+# run, xbar.train.stack); on a stack every operation is the one a single matrix gets, slice by
+# slice (numpy's batched products and inverses call the same BLAS/LAPACK routine per matrix), so a
+# stacked variant's kernels and gradients equal its own run's bit for bit.
+
+def _mean_all(A: np.ndarray) -> np.ndarray:
+    """The mean of each matrix of A (..., m, n), shaped (..., 1, 1) (one pass, as A.mean())."""
+    return A.reshape(*A.shape[:-2], -1).mean(axis=-1)[..., None, None]
+
 
 def gaussian_kernel(A: np.ndarray, sigma: float) -> np.ndarray:
-    """K_ij = exp(−‖a_i − a_j‖² / (2 σ² d)) for the rows of A (m, d); float64 (m, m)."""
+    """K_ij = exp(−‖a_i − a_j‖² / (2 σ² d)) for the rows of A (..., m, d); float64 (..., m, m)."""
     A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2:
+    if A.ndim < 2:
         raise ShapeError(f"kernel input: expected a (samples, features) matrix, got shape {A.shape}")
-    r = np.einsum("ij,ij->i", A, A)
-    D = r[:, None] + r[None, :] - 2.0 * (A @ A.T)
+    r = np.einsum("...ij,...ij->...i", A, A)
+    D = r[..., :, None] + r[..., None, :] - 2.0 * (A @ A.swapaxes(-1, -2))
     np.maximum(D, 0.0, out=D)   # cancellation can leave tiny negatives where a_i ≈ a_j
-    return np.exp(D * (-1.0 / (2.0 * sigma * sigma * A.shape[1])))
+    return np.exp(D * (-1.0 / (2.0 * sigma * sigma * A.shape[-1])))
 
 
 def centre(K: np.ndarray) -> np.ndarray:
-    """H K H with H = I − 11ᵀ/m, without forming H (a new array)."""
+    """H K H with H = I − 11ᵀ/m, without forming H (a new array); K (..., m, m)."""
     K = np.asarray(K, dtype=np.float64)
-    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+    return K - K.mean(axis=-2, keepdims=True) - K.mean(axis=-1, keepdims=True) + _mean_all(K)
 
 
 def _r_and_inverse(K: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(R, A⁻¹) with K̄ = HKH, A = K̄ + εmI, R = K̄ A⁻¹."""
-    m = K.shape[0]
+    m = K.shape[-1]
     Kc = centre(K)
     Ainv = np.linalg.inv(Kc + (eps * m) * np.eye(m))
     return Kc @ Ainv, Ainv
@@ -114,40 +123,53 @@ def nhsic(Kx: np.ndarray, Ky: np.ndarray, eps: float = 1e-5) -> float:
     return float(np.sum(Rx * Ry.T))
 
 
-def batch_rms(A: np.ndarray) -> float:
-    """s = ‖H A‖_F / √(m d): the rms of the batch-centred features (1 where that is 0)."""
+def batch_rms(A: np.ndarray):
+    """s = ‖H A‖_F / √(m d): the rms of the batch-centred features (1 where that is 0); a float
+    for one matrix (m, d), an array (...) for a stack."""
     A = np.asarray(A, dtype=np.float64)
-    s = float(np.sqrt(np.mean((A - A.mean(axis=0)) ** 2))) if A.size else 0.0
-    return s if s > 0 else 1.0
+    if A.ndim == 2:
+        s = float(np.sqrt(np.mean((A - A.mean(axis=0)) ** 2))) if A.size else 0.0
+        return s if s > 0 else 1.0
+    C = A - A.mean(axis=-2, keepdims=True)
+    s = np.sqrt((C * C).reshape(*A.shape[:-2], -1).mean(axis=-1)) if A.size else np.zeros(A.shape[:-2])
+    return np.where(s > 0, s, 1.0)
 
 
 def layer_objective(Z: np.ndarray, G: np.ndarray, sigma: float, eps: float,
                     standardise: bool = False) -> tuple[float, np.ndarray]:
-    """J = tr(R_Z G) and ∂J/∂Z (float64, shape of Z) for a fixed symmetric G (m, m).
+    """J = tr(R_Z G) and ∂J/∂Z (float64, shape of Z) for a fixed symmetric G (m, m); for a
+    stack Z (K, m, d), J is a (K,) array.
 
     With G = R_X − β R_Y this is the per-layer HSIC-bottleneck objective; see the module docstring
     for the derivation of the gradient. standardise: the kernel sees Ẑ = Z / s, s = batch_rms(Z),
     and the gradient includes s's dependence on Z.
     """
     Z = np.asarray(Z, dtype=np.float64)
-    m, d = Z.shape
+    one = Z.ndim == 2
+    m, d = Z.shape[-2:]
     s = batch_rms(Z) if standardise else 1.0
-    Zs = Z / s
+    Zs = Z / (s if one else np.asarray(s)[..., None, None])
     K = gaussian_kernel(Zs, sigma)
     Rz, Ainv = _r_and_inverse(K, eps)
-    J = float(np.sum(Rz * G.T))
+    J = (Rz * G.T).reshape(*Z.shape[:-2], -1).sum(axis=-1)
     P = centre((eps * m) * (Ainv @ G @ Ainv))
-    M = (P + P.T) * K
-    grad = (M @ Zs - M.sum(axis=1)[:, None] * Zs) * (1.0 / (sigma * sigma * d))
+    M = (P + P.swapaxes(-1, -2)) * K
+    grad = (M @ Zs - M.sum(axis=-1)[..., :, None] * Zs) * (1.0 / (sigma * sigma * d))
     if standardise:
         # J depends on Z only through Z/s(Z): the gradient loses its component along HẐ, and
         # scaling Z changes nothing (the columns of grad sum to zero, so <grad, Ẑ> = <grad, HẐ>).
-        Zc = Zs - Zs.mean(axis=0)
-        nrm = float(np.sum(Zc * Zc))
-        if nrm > 0:
-            grad = grad - (float(np.sum(grad * Zc)) / nrm) * Zc
-        grad /= s
-    return J, grad
+        Zc = Zs - Zs.mean(axis=-2, keepdims=True)
+        nrm = (Zc * Zc).reshape(*Z.shape[:-2], -1).sum(axis=-1)
+        dot = (grad * Zc).reshape(*Z.shape[:-2], -1).sum(axis=-1)
+        if one:
+            if nrm > 0:
+                grad = grad - (float(dot) / float(nrm)) * Zc
+            grad /= s
+        else:
+            coef = np.where(nrm > 0, dot / np.where(nrm > 0, nrm, 1.0), 0.0)
+            grad = np.where((nrm > 0)[..., None, None], grad - coef[..., None, None] * Zc, grad)
+            grad /= np.asarray(s)[..., None, None]
+    return (float(J) if one else J), grad
 
 
 @RULES.register

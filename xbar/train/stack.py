@@ -372,12 +372,14 @@ class StackTrainer:
             r = self.rule0
             if r.learning_hidden():
                 G = r.label_term(xs[0], y, self.n_classes)
+                dead = np.array([m is not None for m in div.msg], bool)
                 for i in range(L - 1):
-                    g = np.zeros_like(Zs[i])
-                    for k in range(len(self.alive)):
-                        if div.msg[k] is None:
-                            g[k] = layer_objective(Zs[i][k], G, r.sigma, r.eps, r.standardise)[1]
-                    out[i] = self._local_delta(i, g, As[i], Zs[i])
+                    Z = Zs[i]
+                    if dead.any():   # (leaving this step: zeros keep their kernels invertible)
+                        Z = Z.copy()
+                        Z[dead] = 0
+                    g = layer_objective(Z, G, r.sigma, r.eps, r.standardise)[1]   # the whole stack
+                    out[i] = self._local_delta(i, g.astype(np.float32), As[i], Zs[i])
         else:   # sg
             Y = one_hot(y, self.n_classes) if self.rule0.conditioned else None
             m = E.shape[1]
