@@ -200,3 +200,15 @@ def test_cli_refuses_an_unknown_stack_mode(tmp_path, capsys):
     assert main(["sweep", str(p), "--stack", "sometimes", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--stack: invalid choice: 'sometimes' (choose from 'auto', 'off')" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("output", ["log_softmax", "mse"])
+def test_stacked_loss_is_each_slice_loss(output):
+    from xbar.nn import loss_and_error
+    r = np.random.default_rng(5)
+    a = (r.standard_normal((6, 64, 10)) * 3).astype(np.float32)
+    y = r.integers(0, 10, 64)
+    losses, E = loss_and_error(output, a, y)
+    for k in range(6):
+        loss, e = loss_and_error(output, a[k], y)
+        assert losses[k] == loss and np.array_equal(E[k], e)

@@ -71,31 +71,35 @@ OUTPUTS = ("log_softmax", "mse")
 
 def log_softmax(a: np.ndarray) -> np.ndarray:
     """log softmax over the last axis, shifted by the row max so exp never overflows."""
-    s = a - a.max(axis=1, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+    s = a - a.max(axis=-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
 
 
-def loss_and_error(output: str, a: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def loss_and_error(output: str, a: np.ndarray, y: np.ndarray):
     """Mean batch loss and e = dL/da for the output pre-activation a (batch, classes).
 
     log_softmax: L = -mean_i log softmax(a_i)[y_i] (torch's log_softmax + nll_loss);
         e = (softmax(a) - onehot(y)) / batch.
     mse: L = mean over all elements of (a - onehot(y))² (torch's mse_loss); e = 2 (a - onehot) / a.size.
+
+    A stack a (K, batch, classes) (variants of a stacked run, one label vector y) gives a (K,)
+    array of losses and the (K, batch, classes) errors, each variant's exactly as alone.
     """
-    n = a.shape[0]
+    n = a.shape[-2]
     rows = np.arange(n)
+    one = a.ndim == 2
     if output == "log_softmax":
         lp = log_softmax(a)
-        loss = -float(lp[rows, y].mean(dtype=np.float64))
+        loss = -lp[..., rows, y].mean(axis=-1, dtype=np.float64)
         e = np.exp(lp)
-        e[rows, y] -= 1
+        e[..., rows, y] -= 1
         e *= np.float32(1.0 / n)
-        return loss, e
+        return (float(loss) if one else loss), e
     d = a.copy()
-    d[rows, y] -= 1
-    loss = float(np.mean(d * d, dtype=np.float64))
-    d *= np.float32(2.0 / d.size)
-    return loss, d
+    d[..., rows, y] -= 1
+    loss = (d * d).reshape(*a.shape[:-2], -1).mean(axis=-1, dtype=np.float64)
+    d *= np.float32(2.0 / (n * a.shape[-1]))
+    return (float(loss) if one else loss), d
 
 
 # ---- binary weights: sign with a clipped straight-through estimator ------------------------------

@@ -5,6 +5,10 @@ step reaches the devices), optimizers, and the loop.
     result = train(TrainConfig(network="digits-mlp", dataset="digits", update="qat", bits=2))
     result["test_accuracy"], result["history"][-1]
 
+Variants of one run that differ only in device-side settings (bits, quantizer, range, device) train
+together, each bit for bit as alone: ``train_many([cfg_a, cfg_b, ...])`` returns one such result per
+config (:mod:`xbar.train.stack`; what stacks and why).
+
 Result dict: status ("ok" or "diverged": the loss became NaN/inf, or exploded past
 loop.loss_limit; the message names the epoch), message, test_accuracy and train_accuracy (percent,
 after the last epoch; None when the run diverged), history (one entry per epoch: epoch,

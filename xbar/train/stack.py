@@ -303,13 +303,10 @@ class StackTrainer:
             Zs.append(z)
             h = z
         out = h
-        K = len(self.alive)
-        E = np.empty_like(out)
-        for k in range(K):
-            loss, e = loss_and_error(self.output, out[k], y)
-            E[k] = e
+        losses, E = loss_and_error(self.output, out, y)   # each variant's own, as alone
+        self.step_correct += np.count_nonzero(np.argmax(out, axis=2) == y, axis=1)
+        for k, loss in enumerate(losses.tolist()):
             j = self.alive[k]
-            self.step_correct[k] += int(np.count_nonzero(np.argmax(out[k], axis=1) == y))
             self.step_loss[k] += loss
             msg, self.first_loss[j] = loss_divergence(loss, self.first_loss[j])
             if msg:
