@@ -73,7 +73,7 @@ def test_stack_steps(benchmark, fmnist, rule, network, K, impl):
             if impl == "stack":
                 st = StackTrainer(cfgs, 784, 10)
                 st.rule0.start_epoch(1)
-                step = lambda xb, yb: st.step(xb, yb, Diverging(len(st.alive)))   # noqa: E731
+                step = lambda xb, yb: st.step(xb, yb, Diverging(len(st.alive)))
             else:
                 trs = [Trainer(c, 784, 10) for c in cfgs]
                 for t in trs:
