@@ -212,3 +212,17 @@ def test_stacked_loss_is_each_slice_loss(output):
     for k in range(6):
         loss, e = loss_and_error(output, a[k], y)
         assert losses[k] == loss and np.array_equal(E[k], e)
+
+
+def test_a_stack_is_one_dask_task_and_stores_what_local_workers_store(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    exp = _exp(tmp_path, SPEC.replace('rule = ["bp", "hsic"]', 'rule = ["bp"]'))
+    quiet = {"progress": False, "print_fn": lambda s: None}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        res = run_sweep(exp, tmp_path / "dask.h5", cluster=cluster.scheduler_address, **quiet)
+    assert res["done"] == 4 and res["stacks"] == 1
+    monkeypatch.setenv("XBAR_SWEEP_INPROCESS", "1")
+    run_sweep(exp, tmp_path / "local.h5", workers=1, stack="off", **quiet)
+    a, b = store.load(tmp_path / "dask.h5").set_index("key"), store.load(tmp_path / "local.h5").set_index("key")
+    assert list(a["test_accuracy"]) == list(b.loc[a.index, "test_accuracy"])
