@@ -52,8 +52,8 @@ def main(argv: list[str]) -> int:
         for name in fields:
             ours = [e["layers"][name] if name in ("w_min", "w_max", "g_min", "g_max") else e[name]
                     for e in res["history"]]
-            same &= np.array_equal(np.asarray(ours, dtype=np.float64), np.asarray(h[name], dtype=np.float64),
-                                   equal_nan=True)
+            a, b = np.asarray(ours, dtype=np.float64), np.asarray(h[name], dtype=np.float64)
+            same &= (a.size == b.size == 0) or np.array_equal(a, b, equal_nan=True)
         bad += not same
         print(f"{key} {cfg['rule']:5s} {cfg['network']:10s} bits={cfg['bits']} {cfg['range']:6s} {cfg['quant']:5s} "
               f"{res['status']:8s} epochs={len(res['history'])} acc={res['test_accuracy']} "
