@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     from xbar.train import train
     path = argv[0]
     n = int(argv[1]) if len(argv) > 1 and not argv[1].startswith("--") else 4
-    only = [a.split("=", 1) for a in argv[argv.index("--only") + 1:]] if "--only" in argv else []
+    only = [argv[i + 1].split("=", 1) for i, a in enumerate(argv[:-1]) if a == "--only"]
     df = store.load(path)
     for k, v in only:
         df = df[df[k].astype(str) == v]
