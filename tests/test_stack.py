@@ -14,7 +14,7 @@ from xbar.errors import ConfigError
 from xbar.kernels.stack import round_program_stack
 from xbar.sweep import Experiment, plan_groups, run_sweep
 from xbar.train import TrainConfig, train, train_many
-from xbar.train.stack import stack_blocker
+from xbar.train.stackable import stack_blocker
 
 BASE = {"network": "digits-mlp", "dataset": "digits", "update": "nearest", "recipe": "seed", "device": "ideal",
         "epochs": 2, "train_limit": 600, "test_limit": 200, "eval_train": False}

@@ -1,9 +1,9 @@
 """Stacked sweeps: the runs of a sweep that differ only in device-side settings, grouped to train
-as one stack in one task (:func:`xbar.train.stack.train_many`), and the time a group takes.
+as one stack in one task (:func:`xbar.train.many.train_many`), and the time a group takes.
 
 ``--stack auto`` (the default) groups every run that can stack with the runs that share all its
 other settings (network, rule, seed, data order, recipe, ...); ``--stack off`` runs each alone. A
-run that cannot stack (its rule, update or device; :func:`xbar.train.stack.stack_blocker`) runs
+run that cannot stack (its rule, update or device; :func:`xbar.train.stackable.stack_blocker`) runs
 alone, and ``--dry-run`` says why. A group whose runs are partly stored trains only the missing
 ones (the stored ones are not in the to-do list it is built from).
 """
@@ -47,7 +47,7 @@ def plan_groups(runs: list[Run], mode: str = "auto") -> list[Group]:
     if mode == "off":
         return [Group([r], "--stack off") for r in runs]
     from ..train.config import TrainConfig
-    from ..train.stack import DEVICE_SIDE, group_key, stack_blocker
+    from ..train.stackable import DEVICE_SIDE, group_key, stack_blocker
     groups: dict[tuple, Group] = {}
     out: list[Group] = []
     for r in runs:
@@ -77,7 +77,7 @@ def plan_groups(runs: list[Run], mode: str = "auto") -> list[Group]:
 
 def split_fields(runs: list[Run]) -> list[str]:
     """The non-device-side config fields whose values differ across `runs` (what splits groups)."""
-    from ..train.stack import DEVICE_SIDE
+    from ..train.stackable import DEVICE_SIDE
     keys = sorted({k for r in runs for k in r.config} - set(DEVICE_SIDE))
     return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
 

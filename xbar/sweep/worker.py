@@ -124,7 +124,7 @@ def run_group(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if len(payloads) == 1:
         return [run_one(payloads[0])]
     from .._runtime import tune_allocator
-    from ..train.stack import train_many
+    from ..train.many import train_many
     tune_allocator()
     start = time.perf_counter()
     cfgs = [p["config"] for p in payloads]

@@ -7,7 +7,7 @@ step reaches the devices), optimizers, and the loop.
 
 Variants of one run that differ only in device-side settings (bits, quantizer, range, device) train
 together, each bit for bit as alone: ``train_many([cfg_a, cfg_b, ...])`` returns one such result per
-config (:mod:`xbar.train.stack`; what stacks and why).
+config (:mod:`xbar.train.many`, :mod:`xbar.train.stack`; what stacks and why: :mod:`xbar.train.stackable`).
 
 Result dict: status ("ok" or "diverged": the loss became NaN/inf, or exploded past
 loop.loss_limit; the message names the epoch), message, test_accuracy and train_accuracy (percent,
@@ -31,9 +31,9 @@ How to add an update scheme: one subclass of ``updates.Update`` decorated ``@UPD
 
 from .config import FIELDS, TrainConfig
 from .loop import evaluate, train
+from .many import train_many
 from .optim import OPTIMIZERS, make_optimizer
 from .rules import RULES, make_rule
-from .stack import train_many
 from .trainer import Trainer
 from .updates import QUANTS, UPDATES, make_update
 

@@ -28,7 +28,7 @@ from .trainer import LOSS_ABSOLUTE, Diverged, Trainer, evaluate, int_seed, loss_
 UPDATE_DEFAULTS = update_defaults()   # the shipped schemes' DEFAULTS, by name
 
 __all__ = ["BASE_DEFAULTS", "FIELDS", "FIELD_NAMES", "SEED_RECIPE", "UPDATE_DEFAULTS", "Diverged", "TrainConfig",
-           "Trainer", "after_programming", "default_update", "evaluate", "int_seed", "load_data", "loss_limit", "parse_device_set",
+           "Trainer", "after_programming", "default_update", "evaluate", "hardware_summary", "int_seed", "load_data", "loss_limit", "parse_device_set",
            "record_epoch", "stream", "train"]
 
 
@@ -87,7 +87,7 @@ def train(config: TrainConfig | dict, *, data: tuple | None = None,
         "train_seconds": train_seconds,
         "config": cfg.as_dict(),
         "network": {"name": tr.spec.name, "widths": tr.spec.widths(Xtr.shape[1], net.layers[-1].n_out)},
-        "hardware": _hardware(net),
+        "hardware": hardware_summary(net),
     } | ({"after_programming": after} if after is not None else {}) | ({"_trainer": tr} if keep_trainer else {})
 
 
@@ -176,7 +176,7 @@ def record_epoch(history: list, on_epoch, cfg, epoch: int, score, data, step_los
     return ""
 
 
-def _hardware(net: Network) -> list[dict[str, Any]]:
+def hardware_summary(net: Network) -> list[dict[str, Any]]:
     """Per-layer crossbar counters (empty for update 'float')."""
     out = []
     for layer in net.layers:

@@ -163,6 +163,24 @@ class StepLR:
             self.optimizer.lr *= self.gamma
 
 
+def reindex(opt: Optimizer, old_params: list[np.ndarray], new_params: list[np.ndarray], keep: np.ndarray) -> None:
+    """Point `opt` at new_params (stacked parameters, old_params[keep] in the same order) and keep the
+    same entries of its state (a stacked run's variants leaving, :mod:`xbar.train.stack`)."""
+    opt.params = new_params
+    for name, val in list(vars(opt).items()):
+        if name == "params" or not isinstance(val, list) or len(val) != len(old_params):
+            continue
+        new = []
+        for item in val:
+            if isinstance(item, np.ndarray):
+                new.append(np.ascontiguousarray(item[keep]))
+            elif isinstance(item, tuple):
+                new.append(tuple(np.ascontiguousarray(a[keep]) for a in item))
+            else:
+                new.append(item)
+        setattr(opt, name, new)
+
+
 def make_optimizer(name: str, params: list[np.ndarray], lr: float | None = None, *,
                    momentum: float = 0.0, weight_decay: float = 0.0) -> Optimizer:
     """An optimizer by name (sgd, adam, adadelta); lr None means torch's default for it."""

@@ -20,81 +20,29 @@ After every epoch each variant's own network gets the stack's weights and is pro
 evaluated as in a run alone (its crossbars, its evaluation, its history entry and probe). A
 variant that diverges (the same checks, the same message) leaves the stack; the others go on.
 
-What stacks (:func:`stack_blocker` says why a config does not): dense chains (no batch norm,
+What stacks (:func:`xbar.train.stackable.stack_blocker` says why a config does not): dense chains (no batch norm,
 pooling, dropout, binary weights or masks) with biases; rules bp, fa, dfa, hsic and sg; updates
 ``float`` and ``nearest`` (quant asymm/symm, range global or local with a per-layer gain) on
 devices whose writes and reads are exact (no programming or read noise, faults, spread, drift,
 ADC/DAC, IR drop or I–V nonlinearity) and that need no bit slices or replicas. Variants in one
-stack may differ in :data:`DEVICE_SIDE` fields only; :func:`group_key` is what they must share.
+stack may differ in ``DEVICE_SIDE`` fields only; ``group_key`` is what they must share (both in
+:mod:`xbar.train.stackable`). The loop over epochs is :func:`xbar.train.many.train_many`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
-from .. import data as xdata
 from ..errors import ConfigError, ShapeError
 from ..kernels.stack import round_program_stack, round_stack
 from ..nn import loss_and_error
 from ..tile.arrays import as_matrix, raise_nonfinite
 from .config import TrainConfig
 from .hsic import layer_objective
-from .optim import Adam, StepLR, make_optimizer
+from .optim import Adam, StepLR, make_optimizer, reindex
 from .rule import one_hot
-from .trainer import Trainer, evaluate, loss_divergence
-
-# The fields a stack's variants may differ in: the devices and how weights are placed on them.
-DEVICE_SIDE = ("device", "device_set", "bits", "quant", "range", "w_max", "gain", "tile")
-STACK_RULES = ("bp", "fa", "dfa", "hsic", "sg")
-STACK_UPDATES = ("float", "nearest")
-# Fields that describe outputs or where data lives, not the training itself.
-_NEUTRAL = ("data_dir",)
-
-
-def group_key(cfg: TrainConfig) -> tuple:
-    """What variants of one stack must share: every resolved field but DEVICE_SIDE."""
-    d = cfg.as_dict()
-    return tuple(sorted((k, repr(v)) for k, v in d.items() if k not in DEVICE_SIDE))
-
-
-def stack_blocker(cfg: TrainConfig) -> str | None:
-    """None when a resolved config can train in a stack, else why not (one line)."""
-    if cfg.rule not in STACK_RULES:
-        return f"rule {cfg.rule!r} does not stack (stacking: {', '.join(STACK_RULES)})"
-    if cfg.update not in STACK_UPDATES:
-        return f"update {cfg.update!r} does not stack (stacking: {', '.join(STACK_UPDATES)})"
-    if cfg.init:
-        return "init from a checkpoint does not stack"
-    if cfg.update == "nearest":
-        if cfg.quant not in ("asymm", "symm"):
-            return f"quant {cfg.quant!r} does not stack (stacking: asymm, symm)"
-        if cfg.range not in ("global", "local"):
-            return f"range {cfg.range!r} does not stack (stacking: global, local)"
-        if cfg.range == "local" and cfg.gain == "column":
-            return "range 'local' with gain 'column' does not stack"
-        if cfg.adc_bits is not None or cfg.dac_bits is not None:
-            return "ADC/DAC periphery does not stack"
-    return None
-
-
-def _layer_blocker(layer) -> str | None:
-    if type(layer).__name__ != "Dense" or layer.bn is not None or layer.tail or layer.head \
-            or layer.weights != "real" or layer.mask is not None or layer.b is None or layer.branch:
-        return f"layer {layer!r} does not stack (plain dense layers with a bias only)"
-    xb = layer.crossbar
-    if xb is None:
-        return None
-    s = xb.settings
-    exact = (xb._analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
-             and xb.planner.fused and s.quant is not None and s.ir_drop == "none" and s.replicas == 1
-             and s.slices == 1 and s.mapping == "differential" and s.bias == "digital"
-             and xb.state.nu is None and xb.state.t_s is None and xb.state.drift_compensation == 1.0)
-    return None if exact else (f"device {xb.device.name!r} does not stack (stacking needs exact writes "
-                               "and reads: no noise, faults, spread, drift, ADC/DAC or IR drop)")
+from .stackable import DEVICE_SIDE, group_key, layer_blocker, stack_blocker
+from .trainer import Trainer, loss_divergence
 
 
 class Diverging:
@@ -135,7 +83,7 @@ class StackTrainer:
         keys = {group_key(c) for c in cfgs}
         if len(keys) > 1:
             raise ConfigError("train_many: the configs differ in more than device-side fields "
-                              f"({', '.join(DEVICE_SIDE)}); use xbar.train.stack.plan_groups to split them")
+                              f"({', '.join(DEVICE_SIDE)}); xbar.sweep.plan_groups splits runs into stacks")
         for c in cfgs:
             why = stack_blocker(c)
             if why:
@@ -144,7 +92,7 @@ class StackTrainer:
         self.trainers = [Trainer(c, n_in, n_classes) for c in cfgs]
         for t in self.trainers:
             for layer in t.net.layers:
-                why = _layer_blocker(layer)
+                why = layer_blocker(layer)
                 if why:
                     raise ConfigError(f"train_many: {why}")
         t0 = self.trainers[0]
@@ -242,10 +190,10 @@ class StackTrainer:
                 setattr(self, name, [{k: v[keep] for k, v in d.items()} for d in getattr(self, name)])
         # The optimizers' state follows its parameters (same order, same slices).
         new_params = [p for i in self._active for p in (self.W[i], self.b[i])]
-        _reindex(self.opt, old_params, new_params, keep)
+        reindex(self.opt, old_params, new_params, keep)
         if self.rule_name == "sg":
             old = self.sg_opt.params
-            _reindex(self.sg_opt, old, self._sg_params(), keep)
+            reindex(self.sg_opt, old, self._sg_params(), keep)
         self.alive = self.alive[keep]
         self.step_loss = self.step_loss[keep]
         self.step_correct = self.step_correct[keep]
@@ -459,108 +407,4 @@ class StackTrainer:
     _sg_pending = None
 
 
-def _reindex(opt, old_params, new_params, keep) -> None:
-    """Point optimizer `opt` at new_params (old_params[keep], same order) and slice its state alike."""
-    ids = {id(p): n for n, p in enumerate(old_params)}
-    opt.params = new_params
-    for name, val in list(vars(opt).items()):
-        if name == "params" or not isinstance(val, list) or len(val) != len(old_params):
-            continue
-        new = []
-        for item in val:
-            if isinstance(item, np.ndarray):
-                new.append(np.ascontiguousarray(item[keep]))
-            elif isinstance(item, tuple):
-                new.append(tuple(np.ascontiguousarray(a[keep]) for a in item))
-            else:
-                new.append(item)
-        setattr(opt, name, new)
-    del ids
-
-
-# ---- the training loop ---------------------------------------------------------------------------
-
-def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-               keep_trainer: bool = False, probe: Callable | None = None) -> list[dict[str, Any]]:
-    """Train variants of one run together (see the module docstring); returns one result per
-    config, each what :func:`xbar.train.train` returns for it alone.
-
-    configs: TrainConfigs (or dicts) that differ only in DEVICE_SIDE fields and all stack
-    (:func:`stack_blocker`); otherwise ConfigError. on_epoch(i, entry): config i's history entry.
-    data, keep_trainer, probe: as for train().
-    """
-    from .loop import _hardware as hardware
-    from .loop import after_programming, load_data, record_epoch
-    start = time.perf_counter()
-    cfgs = [(c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c)).resolve() for c in configs]
-    Xtr, ytr, Xte, yte = load_data(cfgs[0], data)
-    st = StackTrainer(cfgs, Xtr.shape[1], xdata.num_classes(cfgs[0].dataset))
-    K = len(cfgs)
-    history: list[list[dict]] = [[] for _ in range(K)]
-    status, message = ["ok"] * K, [""] * K
-    train_seconds = [0.0] * K
-    n, bs = len(Xtr), cfgs[0].batch_size
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(1, cfgs[0].epochs + 1):
-            if not len(st.alive):
-                break
-            perm = st.shuffle.permutation(n)
-            t0 = time.perf_counter()
-            st.rule0.start_epoch(epoch)
-            st.step_loss[:] = 0.0
-            st.step_correct[:] = 0
-            steps = 0
-            for s in range(0, n, bs):
-                idx = perm[s:s + bs]
-                st.step(Xtr[idx], ytr[idx], Diverging(len(st.alive)))
-                steps += 1
-                for j, msg in st.departed:
-                    status[j], message[j] = "diverged", f"{msg} at epoch {epoch}, step {steps}"
-                    train_seconds[j] += time.perf_counter() - t0
-                st.departed.clear()
-                if not len(st.alive):
-                    break
-            seconds = time.perf_counter() - t0
-            if not len(st.alive):
-                break
-            st.sched.step()
-            ended = []
-            for k in range(len(st.alive)):
-                j = int(st.alive[k])
-                train_seconds[j] += seconds
-                t = st.sync(k)
-                msg = record_epoch(history[j], None if on_epoch is None else (lambda e, j=j: on_epoch(j, e)),
-                                   cfgs[j], epoch, lambda X, y, net=t.net: evaluate(net, X, y),
-                                   (Xtr, ytr, Xte, yte), float(st.step_loss[k]), steps, seconds, st.opt.lr,
-                                   int(st.step_correct[k]))
-                if probe is not None:
-                    history[j][-1].update(probe(t.net))
-                if msg:
-                    status[j], message[j] = "diverged", msg
-                    ended.append(k)
-            if ended:
-                keep = np.ones(len(st.alive), bool)
-                keep[ended] = False
-                st._keep(keep)
-    results = []
-    total = time.perf_counter() - start
-    for j, cfg in enumerate(cfgs):
-        t = st.trainers[j]
-        ok = status[j] == "ok"
-        after = after_programming(cfg, t.net, Xte, yte) if ok and cfg.eval_at_s else None
-        res = {"status": status[j], "message": message[j],
-               "test_accuracy": history[j][-1]["test_accuracy"] if history[j] and ok else None,
-               "train_accuracy": history[j][-1]["train_accuracy"] if history[j] and ok else None,
-               "history": history[j], "seconds": total / K, "train_seconds": train_seconds[j],
-               "config": cfg.as_dict(),
-               "network": {"name": t.spec.name, "widths": t.spec.widths(Xtr.shape[1], t.net.layers[-1].n_out)},
-               "hardware": hardware(t.net), "stacked": K}
-        if after is not None:
-            res["after_programming"] = after
-        if keep_trainer:
-            res["_trainer"] = t
-        results.append(res)
-    return results
-
-
-__all__ = ["DEVICE_SIDE", "StackTrainer", "group_key", "stack_blocker", "train_many"]
+__all__ = ["Diverging", "StackTrainer"]
