@@ -54,45 +54,13 @@ def _tensor_range(x, lo, hi, symm, local):
 def round_seed(x, lo, hi, bits, symm, local):
     """Round flat float32 x in place with the seed quantizer (xbar.mapping.quantize); returns the
     flat index of the first non-finite result, or -1."""
-    qlo, qhi = _tensor_range(x, lo, hi, symm, local)
-    nbad = 0
-    if symm:
-        m = qhi
-        if m != 0:   # a NaN range rounds everything to NaN, as numpy does
-            n = np.float32(2 ** (bits - 1) - 1)
-            neg = -m
-            for i in range(x.shape[0]):
-                v = x[i]
-                if v < neg:
-                    v = neg
-                elif v > m:
-                    v = m
-                r = np.rint(v * n / m) * m / n
-                x[i] = r
-                nbad += not np.isfinite(r)
-        else:
-            for i in range(x.shape[0]):
-                nbad += not np.isfinite(x[i])
-    elif qhi != qlo:
-        n = np.float32(2 ** bits - 1)
-        span = qhi - qlo
-        for i in range(x.shape[0]):
-            v = x[i]
-            if v < qlo:
-                v = qlo
-            elif v > qhi:
-                v = qhi
-            r = np.rint((v - qlo) * n / span) * span / n + qlo
-            x[i] = r
-            nbad += not np.isfinite(r)
-    else:
-        for i in range(x.shape[0]):
-            nbad += not np.isfinite(x[i])
-    if nbad:
+    qi = np.empty(x.shape[0], np.int32)
+    _, _, n, bad = _round_codes(x, lo, hi, bits, symm, local, qi)
+    if n == 0:   # a degenerate range left x as it was
         for i in range(x.shape[0]):
             if not np.isfinite(x[i]):
                 return i
-    return -1
+    return bad
 
 
 @njit_exact
