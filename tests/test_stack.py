@@ -11,9 +11,10 @@ import pytest
 from xbar import Crossbar, Device, store
 from xbar import mapping as mp
 from xbar.errors import ConfigError
-from xbar.kernels.stack import round_program_stack
+from xbar.kernels.stack import adadelta_round_program_stack, round_program_stack
 from xbar.sweep import Experiment, plan_groups, run_sweep
 from xbar.train import TrainConfig, train, train_many
+from xbar.train.optim import Adadelta
 from xbar.train.stackable import stack_blocker
 
 BASE = {"network": "digits-mlp", "dataset": "digits", "update": "nearest", "recipe": "seed", "device": "ideal",
@@ -114,6 +115,49 @@ def test_round_program_kernel_matches_quantize_and_crossbar_program(quant, rng):
             assert clipped[k] == xb.stats()["weights_clipped"] and bad_w[k] == -1 and bad_b[k] == -1
     finally:
         mp.FAST_MIN = mp_fast
+
+
+@pytest.mark.parametrize("rng", ["global", "local"])
+def test_fused_adadelta_kernel_is_the_optimizer_step_then_rounding(rng):
+    # adadelta_round_program_stack == Adadelta.step on the stack, then round_program_stack; also
+    # without net conductances (g32 of size 0), and for a variant whose step gives a NaN weight
+    r = np.random.default_rng(5)
+    K, rows, out = 4, 50, 7
+    W = (r.standard_normal((K, rows, out)) * 0.5).astype(np.float32)
+    b = (r.standard_normal((K, out)) * 0.3).astype(np.float32)
+    gW = (r.standard_normal((K, rows, out)) * 0.1).astype(np.float32)
+    gb = (r.standard_normal((K, out)) * 0.1).astype(np.float32)
+    gW[3, 2, 1] = np.nan
+    consts = (np.full(K, -1.0), np.full(K, 1.0), np.array([2, 3, 5, 8]), np.array([False, True, False, True]),
+              np.full(K, rng == "local"), np.zeros(K, np.int64), np.full(K, 100.0), np.full(K, 1.0))
+
+    def outputs(with_g=True):
+        return [np.empty_like(W), np.empty_like(W) if with_g else np.zeros((K, 0, 0), np.float32),
+                np.empty((K, out), np.float32), np.empty((K, out), np.float32), np.empty(K, np.bool_),
+                np.empty(K, np.int64), np.empty(K, np.int64), np.empty(K, np.int64)]
+
+    Wr, br = W.copy(), b.copy()
+    opt = Adadelta([Wr, br], lr=0.7)
+    for _ in range(2):   # a second step sees non-zero running averages
+        opt.step([gW, gb])
+        ref = outputs()
+        round_program_stack(Wr, br, *consts, *ref)
+    for with_g in (True, False):
+        Wf, bf = W.copy(), b.copy()
+        state = Adadelta([Wf, bf], lr=0.7)
+        for _ in range(2):
+            got = outputs(with_g)
+            adadelta_round_program_stack(Wf, bf, gW, gb, state.sq[0], state.acc[0], state.sq[1], state.acc[1],
+                                         *state.scalars(), *consts, *got)
+        assert np.array_equal(Wf, Wr, equal_nan=True) and np.array_equal(bf, br)
+        assert np.array_equal(state.sq[0], opt.sq[0], equal_nan=True)
+        assert got[-2][3] == ref[-2][3] == (0 if rng == "local" else 2 * out + 1)   # the first NaN weight
+        for k in range(3):                                         # the finite variants: all outputs
+            for a, e in zip(got, ref):
+                if a.size and a.ndim > 1:
+                    assert np.array_equal(a[k], e[k])
+                elif a.ndim == 1:
+                    assert a[k] == e[k]
 
 
 def test_round_kernel_names_the_first_non_finite_weight():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import njit_exact
+from .optim import adadelta_step
 
 
 @njit_exact
@@ -73,6 +74,26 @@ def round_stack(X, lo, hi, bits, symm, local, bad):
 
 
 @njit_exact
+def _code_symm(v, m, n):
+    """The symm seed quantizer's code of float32 v on [-m, m] with n positive levels (float32)."""
+    if v < -m:
+        v = -m
+    elif v > m:
+        v = m
+    return np.rint(v * n / m)
+
+
+@njit_exact
+def _code_asymm(v, qlo, qhi, n, span):
+    """The asymm seed quantizer's code of float32 v on [qlo, qhi] (span = qhi - qlo), n steps (float32)."""
+    if v < qlo:
+        v = qlo
+    elif v > qhi:
+        v = qhi
+    return np.rint((v - qlo) * n / span)
+
+
+@njit_exact
 def _round_codes(x, lo, hi, bits, symm, local, qi):
     """round_seed for a tensor that is not degenerate, also writing each value's integer code
     qi (asymm 0..n, symm -n..n); returns (qlo, qhi, n, first non-finite index or -1), or
@@ -84,14 +105,8 @@ def _round_codes(x, lo, hi, bits, symm, local, qi):
         if m == 0:
             return qlo, qhi, np.float32(0.0), -1
         n = np.float32(2 ** (bits - 1) - 1)
-        neg = -m
         for i in range(x.shape[0]):
-            v = x[i]
-            if v < neg:
-                v = neg
-            elif v > m:
-                v = m
-            q = np.rint(v * n / m)
+            q = _code_symm(x[i], m, n)
             r = q * m / n
             x[i] = r
             ok = np.isfinite(r)
@@ -103,12 +118,7 @@ def _round_codes(x, lo, hi, bits, symm, local, qi):
         n = np.float32(2 ** bits - 1)
         span = qhi - qlo
         for i in range(x.shape[0]):
-            v = x[i]
-            if v < qlo:
-                v = qlo
-            elif v > qhi:
-                v = qhi
-            q = np.rint((v - qlo) * n / span)
+            q = _code_asymm(x[i], qlo, qhi, n, span)
             r = q * span / n + qlo
             x[i] = r
             ok = np.isfinite(r)
@@ -174,97 +184,147 @@ def round_program_stack(W, b, lo, hi, bits, symm, local, n_levels, window, g_min
     bad_w[k] / bad_b[k]: the first non-finite rounded weight / bias (flat index), or -1; such a
     variant is not programmed (its run has diverged: programming refuses non-finite weights).
     """
-    K, _, out = W.shape
     qi = np.empty(W.shape[1] * W.shape[2], np.int32)
-    tab_g = np.empty(512, np.float32)
-    tab_w = np.empty(512, np.float32)
-    tab_c = np.empty(512, np.int64)
-    for k in range(K):
-        wk = W[k].reshape(-1)
-        is_symm = symm[k]
-        qlo, qhi, n, bad = _round_codes(wk, lo[k], hi[k], bits[k], is_symm, local[k], qi)
-        bad_w[k] = bad
-        bad_b[k] = round_seed(b[k], lo[k], hi[k], bits[k], is_symm, local[k])
-        clipped[k] = 0
-        if bad_w[k] >= 0 or bad_b[k] >= 0:
-            continue
-        coded = n != 0
-        # the planner's range on the rounded weights (xbar.mapping._col_ranges, gain "layer"):
-        # the rounded values grow with their code, so the extremes are those of the extreme codes
-        if local[k]:
-            if coded:
-                cmin = qi[0]
-                cmax = qi[0]
-                for e in range(qi.shape[0]):
-                    cmin = min(cmin, qi[e])
-                    cmax = max(cmax, qi[e])
-                plo = np.float64(_code_value(cmin, qlo, qhi, n, is_symm))
-                phi = np.float64(_code_value(cmax, qlo, qhi, n, is_symm))
-            else:
-                plo = np.float64(wk[0])
-                phi = np.float64(wk[0])
-                for e in range(wk.shape[0]):
-                    v = np.float64(wk[e])
-                    plo = min(plo, v)
-                    phi = max(phi, v)
-        else:
-            plo = lo[k]
-            phi = hi[k]
-        if is_symm:
-            m = max(abs(plo), abs(phi))
-            plo = -m
-            phi = m
-            nq = np.float64(2 ** (bits[k] - 1) - 1)
-        else:
-            nq = np.float64(2 ** bits[k] - 1)
-        L = n_levels[k]
-        if L == 0:
-            dstep = window[k] / nq
-            lvl = 1.0
-            top = 0.0
-        else:
-            lvl = window[k] / (L - 1)
-            top = np.float64(L - 1)
-            dstep = max(1, (L - 1) // int(nq)) * lvl
-        span = phi - plo
-        if is_symm:
-            step = phi / nq
-            beta = 0.0
-        else:
-            step = span / nq / 2
-            beta = (plo + phi) / 2
-        if span == 0:
-            step = 1.0
-            beta = plo
-        alpha = step / dstep
-        a32 = np.float32(alpha)
-        for j in range(out):
-            alpha32[k, j] = a32
-            beta32[k, j] = np.float32(beta)
-        has_beta[k] = beta != 0
-        gm = g_min[k]
-        snap = L != 0
-        gf = g32[k].reshape(-1)
-        of = w32[k].reshape(-1)
-        n_clip = 0
+    tabs = (np.empty(512, np.float32), np.empty(512, np.float32), np.empty(512, np.int64))
+    for k in range(W.shape[0]):
+        _round_program_variant(k, W, b, lo, hi, bits, symm, local, n_levels, window, g_min, w32, g32, alpha32,
+                               beta32, has_beta, clipped, bad_w, bad_b, qi, tabs)
+
+
+@njit_exact
+def adadelta_round_program_stack(W, b, gW, gb, sW, aW, sb, ab, rho, one_rho, eps, lr, lo, hi, bits, symm, local,
+                                 n_levels, window, g_min, w32, g32, alpha32, beta32, has_beta, clipped, bad_w, bad_b):
+    """Adadelta's step (xbar.kernels.optim.adadelta_step) on W and b with gradients gW, gb and
+    state (sW, aW), (sb, ab), then round_program_stack, variant by variant: each variant's slice
+    is updated, rounded and programmed while it is in cache (the same operations as the
+    optimizer's step over the whole stack followed by round_program_stack)."""
+    qi = np.empty(W.shape[1] * W.shape[2], np.int32)
+    tabs = (np.empty(512, np.float32), np.empty(512, np.float32), np.empty(512, np.int64))
+    for k in range(W.shape[0]):
+        adadelta_step(W[k].reshape(-1), gW[k].reshape(-1), sW[k].reshape(-1), aW[k].reshape(-1), rho, one_rho,
+                      eps, lr)
+        adadelta_step(b[k], gb[k], sb[k], ab[k], rho, one_rho, eps, lr)
+        _round_program_variant(k, W, b, lo, hi, bits, symm, local, n_levels, window, g_min, w32, g32, alpha32,
+                               beta32, has_beta, clipped, bad_w, bad_b, qi, tabs)
+
+
+@njit_exact
+def _plan(k, plo, phi, bits, symm, n_levels, window, g_min, alpha32, beta32, has_beta):
+    """The planner's constants for variant k whose rounded weights span [plo, phi] (float64;
+    xbar.mapping._col_ranges, gain "layer"): writes alpha32[k], beta32[k], has_beta[k] and
+    returns (plo, phi, nq, dstep, lvl, top, alpha) for :func:`_program_value` and the tables."""
+    is_symm = symm[k]
+    if is_symm:
+        m = max(abs(plo), abs(phi))
+        plo = -m
+        phi = m
+        nq = np.float64(2 ** (bits[k] - 1) - 1)
+    else:
+        nq = np.float64(2 ** bits[k] - 1)
+    L = n_levels[k]
+    if L == 0:
+        dstep = window[k] / nq
+        lvl = 1.0
+        top = 0.0
+    else:
+        lvl = window[k] / (L - 1)
+        top = np.float64(L - 1)
+        dstep = max(1, (L - 1) // int(nq)) * lvl
+    span = phi - plo
+    if is_symm:
+        step = phi / nq
+        beta = 0.0
+    else:
+        step = span / nq / 2
+        beta = (plo + phi) / 2
+    if span == 0:
+        step = 1.0
+        beta = plo
+    alpha = step / dstep
+    a32 = np.float32(alpha)
+    for j in range(alpha32.shape[1]):
+        alpha32[k, j] = a32
+        beta32[k, j] = np.float32(beta)
+    has_beta[k] = beta != 0
+    return plo, phi, nq, dstep, lvl, top, alpha
+
+
+@njit_exact
+def _fill_tables(qlo, qhi, n, is_symm, plo, phi, nq, gm, dstep, lvl, top, snap, alpha, tabs):
+    """Each integer code's net conductance, forward weight and clip flag (program_quant_differential's
+    cell on the code's rounded value); returns the table index of code 0."""
+    tab_g, tab_w, tab_c = tabs
+    base = 256 if is_symm else 0      # table index of code q: q + base
+    qn = int(n)
+    for q in range(-qn if is_symm else 0, qn + 1):
+        dif, cl = _program_value(np.float64(_code_value(q, qlo, qhi, n, is_symm)), plo, phi, nq,
+                                 is_symm, gm, dstep, lvl, top, snap)
+        tab_g[q + base] = np.float32(dif)
+        tab_w[q + base] = np.float32(dif * alpha)
+        tab_c[q + base] = cl
+    return base
+
+
+@njit_exact
+def _round_program_variant(k, W, b, lo, hi, bits, symm, local, n_levels, window, g_min, w32, g32, alpha32, beta32,
+                           has_beta, clipped, bad_w, bad_b, qi, tabs):
+    """Variant k of round_program_stack (qi: scratch codes; tabs: scratch per-code tables of net
+    conductance, forward weight and clip flag, 512 each). Without g32 (size 0) the net
+    conductances are not written (g32 of size 0: a layer whose transposed read the step never uses)."""
+    wk = W[k].reshape(-1)
+    is_symm = symm[k]
+    qlo, qhi, n, bad = _round_codes(wk, lo[k], hi[k], bits[k], is_symm, local[k], qi)
+    bad_w[k] = bad
+    bad_b[k] = round_seed(b[k], lo[k], hi[k], bits[k], is_symm, local[k])
+    clipped[k] = 0
+    if bad_w[k] >= 0 or bad_b[k] >= 0:
+        return
+    coded = n != 0
+    if local[k]:
         if coded:
-            base = 256 if is_symm else 0      # table index of code q: q + base
-            qn = int(n)
-            for q in range(-qn if is_symm else 0, qn + 1):
-                dif, cl = _program_value(np.float64(_code_value(q, qlo, qhi, n, is_symm)), plo, phi, nq,
-                                         is_symm, gm, dstep, lvl, top, snap)
-                tab_g[q + base] = np.float32(dif)
-                tab_w[q + base] = np.float32(dif * alpha)
-                tab_c[q + base] = cl
+            cmin = qi[0]
+            cmax = qi[0]
             for e in range(qi.shape[0]):
-                t = qi[e] + base
-                gf[e] = tab_g[t]
-                of[e] = tab_w[t]
-                n_clip += tab_c[t]
-        else:   # the quantizer left the tensor as it was: cell by cell
+                cmin = min(cmin, qi[e])
+                cmax = max(cmax, qi[e])
+            plo = np.float64(_code_value(cmin, qlo, qhi, n, is_symm))
+            phi = np.float64(_code_value(cmax, qlo, qhi, n, is_symm))
+        else:
+            plo = np.float64(wk[0])
+            phi = np.float64(wk[0])
             for e in range(wk.shape[0]):
-                dif, cl = _program_value(np.float64(wk[e]), plo, phi, nq, is_symm, gm, dstep, lvl, top, snap)
+                v = np.float64(wk[e])
+                plo = min(plo, v)
+                phi = max(phi, v)
+    else:
+        plo = lo[k]
+        phi = hi[k]
+    plo, phi, nq, dstep, lvl, top, alpha = _plan(k, plo, phi, bits, symm, n_levels, window, g_min, alpha32,
+                                                 beta32, has_beta)
+    gm = g_min[k]
+    snap = n_levels[k] != 0
+    with_g = g32.size > 0
+    gf = g32[k].reshape(-1) if with_g else g32.reshape(-1)
+    of = w32[k].reshape(-1)
+    n_clip = 0
+    if coded:
+        base = _fill_tables(qlo, qhi, n, is_symm, plo, phi, nq, gm, dstep, lvl, top, snap, alpha, tabs)
+        tab_g, tab_w, tab_c = tabs
+        # (separate loops: each gather loop is ~0.5 ns per cell, the three together ~1.5 ns)
+        for e in range(qi.shape[0]):
+            of[e] = tab_w[qi[e] + base]
+        if with_g:
+            for e in range(qi.shape[0]):
+                gf[e] = tab_g[qi[e] + base]
+        qn = int(n)
+        if tab_c[base - qn if is_symm else 0] or tab_c[base + qn]:   # only extreme codes can clip
+            for e in range(qi.shape[0]):
+                n_clip += tab_c[qi[e] + base]
+    else:   # the quantizer left the tensor as it was: cell by cell
+        for e in range(wk.shape[0]):
+            dif, cl = _program_value(np.float64(wk[e]), plo, phi, nq, is_symm, gm, dstep, lvl, top, snap)
+            if with_g:
                 gf[e] = np.float32(dif)
-                of[e] = np.float32(dif * alpha)
-                n_clip += cl
-        clipped[k] = n_clip
+            of[e] = np.float32(dif * alpha)
+            n_clip += cl
+    clipped[k] = n_clip

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import suggest
 from ..errors import ConfigError
-from ..kernels._jit import njit_exact
+from ..kernels.optim import adadelta_step, adam_step
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
 # torch.optim's default learning rates (SGD has none in torch; 0.01 is the common choice).
@@ -91,7 +91,7 @@ class Adam(Optimizer):
             if p.dtype == np.float32 and g.dtype == np.float32 and p.flags.c_contiguous \
                     and g.flags.c_contiguous and p.shape == g.shape:
                 # One fused pass, same float32 operations in the same order as below.
-                _adam_fused(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), _f32(1 - b1),
+                adam_step(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), _f32(1 - b1),
                             _f32(b2), _f32(1 - b2), _f32(self.eps), bc2_sqrt, step_size)
                 continue
             np.subtract(g, m, out=tmp)
@@ -120,14 +120,18 @@ class Adadelta(Optimizer):
         self.acc = [np.zeros_like(p) for p in params]
         self._tmp = [(np.empty_like(p), np.empty_like(p)) for p in params]   # no allocation per step
 
+    def scalars(self) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+        """(ρ, 1-ρ, eps, lr) as the fused step takes them (float32)."""
+        return _f32(self.rho), _f32(1 - self.rho), _f32(self.eps), _f32(self.lr)
+
     def step(self, grads):
         self.steps += 1
-        rho, one_rho, eps, lr = _f32(self.rho), _f32(1 - self.rho), _f32(self.eps), _f32(self.lr)
+        rho, one_rho, eps, lr = self.scalars()
         for p, g, s, a, (t, d) in zip(self.params, grads, self.sq, self.acc, self._tmp):
             g = self._decayed(g, p)
             if g.dtype == np.float32 and g.flags.c_contiguous and p.shape == g.shape:
                 # One fused pass, same float32 operations in the same order as below.
-                _adadelta_fused(p.reshape(-1), g.reshape(-1), s.reshape(-1), a.reshape(-1), rho, one_rho,
+                adadelta_step(p.reshape(-1), g.reshape(-1), s.reshape(-1), a.reshape(-1), rho, one_rho,
                                 eps, lr)
                 continue
             np.multiply(g, g, out=t)
@@ -196,28 +200,3 @@ def make_optimizer(name: str, params: list[np.ndarray], lr: float | None = None,
     if name == "adam":
         return Adam(params, lr, weight_decay=weight_decay)
     return Adadelta(params, lr, weight_decay=weight_decay)
-
-
-@njit_exact
-def _adam_fused(p, g, m, v, one_m_b1, b2, one_m_b2, eps, bc2_sqrt, step_size):
-    """Adam's update of one flat float32 parameter array (see Adam.step for the math)."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        m[i] += (gi - m[i]) * one_m_b1
-        v[i] = v[i] * b2 + (gi * gi) * one_m_b2
-        denom = np.sqrt(v[i]) / bc2_sqrt + eps
-        p[i] -= (m[i] / denom) * step_size
-
-
-@njit_exact
-def _adadelta_fused(p, g, s, a, rho, one_rho, eps, lr):
-    """Adadelta's update of one flat float32 parameter array (see Adadelta.step for the math)."""
-    scale = lr != 1
-    for i in range(p.shape[0]):
-        gi = g[i]
-        s[i] = s[i] * rho + (gi * gi) * one_rho
-        d = np.sqrt(a[i] + eps) / np.sqrt(s[i] + eps) * gi
-        a[i] = a[i] * rho + (d * d) * one_rho
-        if scale:
-            d = d * lr
-        p[i] -= d
