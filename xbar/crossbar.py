@@ -362,6 +362,26 @@ class Crossbar:
                                                            np.uint64(2 ** 60 + self.read.reads))) >> 1
         return Crossbar.from_state_dict(sd, device=self.device)
 
+    @property
+    def analog_io(self) -> bool:
+        """True when reads need no DAC or ADC and the cells are ohmic: inputs go in unscaled."""
+        return self._analog_io
+
+    def read_gains(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The digital periphery's per-column gain and offset as reads apply them (float32, (out,));
+        the offset is None when it is zero everywhere."""
+        self._check_programmed()
+        return self._alpha32, self._beta32
+
+    def counters(self) -> dict[str, int]:
+        """The activity counters alone (a copy): programs, reads, conversions, clipping."""
+        return dict(self._stats)
+
+    def set_counters(self, counters: dict[str, int]) -> None:
+        """Replace the activity counters (a stacked run reports its work on each variant's crossbar)."""
+        self._stats.clear()
+        self._stats.update(counters)
+
     def stats(self) -> dict[str, Any]:
         """Hardware and activity counters: tiles, devices, utilization, conversions, clipping."""
         self._check_programmed()

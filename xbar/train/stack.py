@@ -122,11 +122,14 @@ class StackTrainer:
             reads_t = [self.rule_name in ("bp", "sg") and i > 0 for i in range(self.n_layers)]
             g32 = stack(lambda n, i: n.layers[i].crossbar.read.g32)
             self.g32 = [g if t else np.zeros((K, 0, 0), np.float32) for g, t in zip(g32, reads_t)]
-            self.alpha32 = stack(lambda n, i: n.layers[i].crossbar._alpha32)
-            self.beta32 = stack(lambda n, i: (n.layers[i].crossbar._beta32 if n.layers[i].crossbar._beta32
-                                              is not None else np.zeros(n.layers[i].n_out, np.float32)))
-            self.has_beta = [np.array([n.layers[i].crossbar._beta32 is not None for n in nets]) for i in
-                             range(self.n_layers)]
+            def offset(n, i):
+                beta = n.layers[i].crossbar.read_gains()[1]
+                return np.zeros(n.layers[i].n_out, np.float32) if beta is None else beta
+
+            self.alpha32 = stack(lambda n, i: n.layers[i].crossbar.read_gains()[0])
+            self.beta32 = stack(offset)
+            self.has_beta = [np.array([n.layers[i].crossbar.read_gains()[1] is not None for n in nets])
+                             for i in range(self.n_layers)]
             self.qp = [self._quant_params([t.update.setups[i] for t in self.trainers],
                                           [t.net.layers[i].crossbar.device for t in self.trainers])
                        for i in range(self.n_layers)]
@@ -407,16 +410,15 @@ class StackTrainer:
             layer.b[...] = self.b[i][k]
             xb = layer.crossbar
             if xb is not None:
-                saved = dict(xb._stats)
+                counters = xb.counters()
                 try:
                     layer.program()
                 except ShapeError:   # a variant that left with non-finite weights keeps its last state
                     pass
-                xb._stats.clear()
-                xb._stats.update(saved)
                 c = self.counts[j, i]
                 for name, col in (("programs", 0), ("mvm_calls", 1), ("mvm_t_calls", 2), ("weights_clipped", 3)):
-                    xb._stats[name] += int(c[col])
+                    counters[name] += int(c[col])
+                xb.set_counters(counters)
                 self.counts[j, i] = 0
         for B, Bs in zip(t.feedback, self.B):
             B[...] = Bs[k]

@@ -47,7 +47,7 @@ def layer_blocker(layer) -> str | None:
     if xb is None:
         return None
     s = xb.settings
-    exact = (xb._analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
+    exact = (xb.analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
              and xb.planner.fused and s.quant is not None and s.ir_drop == "none" and s.replicas == 1
              and s.slices == 1 and s.mapping == "differential" and s.bias == "digital"
              and xb.state.nu is None and xb.state.t_s is None and xb.state.drift_compensation == 1.0)
