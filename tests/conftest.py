@@ -14,17 +14,17 @@ def compiled_kernels():
     the tests reuse these specialisations instead of compiling new ones.
     """
     from xbar.kernels import rng as krng
-    from xbar.kernels.mvm import tile_periphery
+    from xbar.kernels.mvm import tile_accumulate, tile_accumulate_serial
 
     krng.normals(0, 0, 4)
     y = np.zeros((1, 1), np.float32)
-    krng.add_scaled_normals(y, np.ones((1, 1), np.float32), np.uint64(0), np.uint64(1),
-                            krng.KN, krng.WN, krng.FN)
-    m = np.ones((1, 1, 1), np.float32)
-    t_n = np.ones((1, 1), np.float32)
+    krng.add_scaled_normals(y, np.ones((1, 1), np.float32), np.uint64(0), np.uint64(1))
+    m = np.ones((1, 1), np.float32)
+    t_n = np.ones(1, np.float32)
     out = np.empty((1, 1), np.float32)
     clipped = np.empty(1, np.int64)
-    for v in (m, np.zeros((0, 0, 0), np.float32)):
-        tile_periphery(m, v, t_n, t_n, -t_n, t_n, t_n, np.uint64(0), np.uint64(1),
-                       krng.KN, krng.WN, krng.FN, krng.WN32, out, clipped)
+    key = np.uint64(krng.stream_key(np.uint64(0), np.uint64(1)))
+    for kernel in (tile_accumulate, tile_accumulate_serial):
+        for v in (m, np.zeros((0, 0), np.float32)):
+            kernel(m, v, t_n, t_n, -t_n, t_n, t_n, key, 0, True, out, clipped)
     return True

@@ -4,100 +4,96 @@ The analog part of an in-memory MVM is a set of per-tile matrix products done by
 ``M[t] = X_t @ Gd_t`` (mean column currents of tile t) and, with read noise,
 ``V[t] = X_t**2 @ Var_t`` (their variance). For independent Gaussian device noise the current of
 a column is exactly ``N(M, V)``, so one draw per tile output replaces B*in*out device draws
-(the Gaussian sum rule). This kernel then does, for every tile t, batch row b and output j::
+(the Gaussian sum rule). :func:`tile_accumulate` then does, for tile t, every batch row b and
+output j::
 
-    I = M[t,b,j] + sqrt(V[t,b,j]) * z          # z ~ N(0,1), counter-based (see rng.py)
-    c = clip(floor(I * inv_step[t,j] + 0.5), qlo[t,j], qhi[t,j])   # ADC (skipped if inv_step=0)
-    out[b,j] += post[t,j] * c * step                                # digital gain, shift-add
+    I = M[b,j] + sqrt(V[b,j]) * z              # z ~ N(0,1), counter-based (see rng.py)
+    c = clip(floor(I * inv_step[j] + 0.5), qlo[j], qhi[j])   # ADC (skipped if inv_step = 0)
+    out[b,j] += post[j] * c * step                           # digital gain, shift-add
 
-Threads split the batch rows, so each thread writes only its own rows of `out` and its own
-slot of `clipped`.
+The read path calls it once per tile, right after that tile's two products, while they are in
+cache. Threads take chunks of whole rows, so each thread writes only its own rows of `out` and
+`clipped`; the draw of row b, output j of tile t is number (t*B_read + b)*N + j of the read's
+stream whatever the chunking (B_read: the rows of the whole read).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import prange
 
 from ._jit import njit, njit_parallel, serial_twin
-from .rng import GOLDEN, MASK7, S32, mix64, normal_slow, stream_key
+from .rng import CHUNK, fill_normals, scratch
 
 
-def _tile_periphery(M, V, inv_step, step_post, qlo, qhi, post, seed, counter, kn, wn, fn, wn32, out, clipped):
-    """Noise + ADC + digital accumulation over tiles. See the module docstring.
+def _tile_accumulate(M, V, inv_step, step_post, qlo, qhi, post, key, g0, first, out, clipped):
+    """Noise + ADC + digital accumulation of one tile. See the module docstring.
 
-    M, V: (T, B, N) float32 currents and variances (V may have shape (0, 0, 0): no read noise).
-    inv_step: (T, N) float32 1/ADC step; a first column of zeros means an ideal ADC for that tile.
-    step_post: (T, N) float32 ADC step times `post`; post: (T, N) float32 digital gain.
-    qlo, qhi: (T, N) float32 lowest/highest ADC code. seed, counter: uint64 noise stream.
-    kn, wn, fn: ziggurat tables (rng.KN/WN/FN); wn32: WN as float32.
-    out: (B, N) float32, overwritten. clipped: (B,) int64, overwritten with clipped conversions.
-
-    Each row is done in short passes over N so the hot ones vectorize: hash + ziggurat fast path
-    (rejections, ~1.2%, are flagged and only those redone exactly in a second pass), then
-    mean + sd * z, then the ADC and the accumulation.
+    M: (B, N) float32 mean currents of the tile. V: (B, N) float32 variances, (B, 1) one variance
+    per row (additive read noise: the same for every output), or (0, 0): no read noise.
+    inv_step: (N,) float32 1/ADC step, inv_step[0] = 0: an ideal ADC for this tile.
+    step_post: (N,) float32 ADC step times `post`; post: (N,) float32 digital gain.
+    qlo, qhi: (N,) float32 lowest/highest ADC code. key: uint64 key of the read's noise stream;
+    g0: the number of this tile's first draw (row 0, output 0).
+    first: out is set (0 + this tile) instead of added to; clipped (B,) int64 likewise.
     """
-    T, B, N = M.shape
+    B, N = M.shape
     noisy = V.shape[0] > 0
-    key = stream_key(seed, counter)
-    for b in prange(B):
-        z = np.zeros(N, np.float32)
-        rej = np.zeros(N, np.uint8)
+    per_row = noisy and V.shape[1] == 1
+    adc = inv_step[0] != 0.0
+    rows = max(1, CHUNK // max(N, 1))   # rows per work item (any split gives the same bits)
+    n_chunks = -(-B // rows)
+    for c in prange(n_chunks):
+        b0 = c * rows
+        b1 = min(B, b0 + rows)
+        n = (b1 - b0) * N if noisy else 0
+        z = np.empty(n, np.float32)
+        if noisy:
+            fill_normals(key, g0 + b0 * N, n, z, scratch(n))
         cur = np.empty(N, np.float32)
-        acc = np.zeros(N, np.float32)
-        nclip = 0
-        for t in range(T):
-            if noisy:
-                base = np.uint64((t * B + b) * N)
-                nrej = 0
+        for b in range(b0, b1):
+            base = (b - b0) * N
+            if per_row:
+                sd = np.sqrt(max(V[b, 0], np.float32(0.0)))
                 for j in range(N):
-                    h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
-                    iz = h0 & MASK7
-                    hz = np.int32(np.uint32(h0 >> S32))
-                    z[j] = np.float32(hz) * wn32[iz]
-                    r = abs(np.int64(hz)) >= kn[iz]
-                    rej[j] = r
-                    nrej += r
-                if nrej:
-                    # only the flagged draws are hashed again (the row's others keep their first try)
-                    for j in range(N):
-                        if rej[j]:
-                            h0 = mix64(key + (base + np.uint64(j)) * GOLDEN)
-                            iz = np.int64(h0 & MASK7)
-                            hz = np.int64(np.int32(np.uint32(h0 >> S32)))
-                            z[j] = normal_slow(h0, iz, hz, kn, wn, fn)
+                    cur[j] = M[b, j] + sd * z[base + j]
+            elif noisy:
                 for j in range(N):
-                    cur[j] = M[t, b, j] + math.sqrt(max(V[t, b, j], np.float32(0.0))) * z[j]
+                    cur[j] = M[b, j] + np.sqrt(max(V[b, j], np.float32(0.0))) * z[base + j]
             else:
                 for j in range(N):
-                    cur[j] = M[t, b, j]
-            if inv_step[t, 0] != 0.0:
+                    cur[j] = M[b, j]
+            nclip = 0
+            if adc:
                 for j in range(N):
-                    c = math.floor(cur[j] * inv_step[t, j] + np.float32(0.5))
-                    c2 = min(max(c, qlo[t, j]), qhi[t, j])
-                    nclip += c2 != c
-                    acc[j] += c2 * step_post[t, j]
+                    cc = np.floor(cur[j] * inv_step[j] + np.float32(0.5))   # float32 (math.floor: int64)
+                    c2 = min(max(cc, qlo[j]), qhi[j])
+                    nclip += c2 != cc
+                    cur[j] = c2 * step_post[j]
             else:
                 for j in range(N):
-                    acc[j] += cur[j] * post[t, j]
-        for j in range(N):
-            out[b, j] = acc[j]
-        clipped[b] = nclip
+                    cur[j] = cur[j] * post[j]
+            if first:
+                for j in range(N):
+                    out[b, j] = np.float32(0.0) + cur[j]
+                clipped[b] = nclip
+            else:
+                for j in range(N):
+                    out[b, j] += cur[j]
+                clipped[b] += nclip
 
 
-tile_periphery = njit_parallel(_tile_periphery)
+tile_accumulate = njit_parallel(_tile_accumulate)
 # The same body compiled without threads: small reads cost less than a parallel launch.
-tile_periphery_serial = njit(serial_twin(_tile_periphery))
+tile_accumulate_serial = njit(serial_twin(_tile_accumulate))
 
 
 def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
-    """Plain-numpy reference of :func:`tile_periphery` (tests only).
+    """Plain-numpy reference of the read's periphery over all tiles (tests only).
 
-    step: (T, N) ADC step, 0 = ideal ADC. z: (T, B, N) standard normals (the kernel's own draws,
-    from :func:`xbar.kernels.rng.normals`), used only when V is not empty.
-    Returns (out (B, N) float64, number of clipped conversions).
+    M: (T, B, N); V: (T, B, N) or empty; step: (T, N) ADC step, 0 = ideal ADC. z: (T, B, N)
+    standard normals (the kernel's own draws, from :func:`xbar.kernels.rng.normals`), used only
+    when V is not empty. Returns (out (B, N) float64, number of clipped conversions).
     """
     cur = M.astype(np.float64)
     if V.shape[0] > 0:

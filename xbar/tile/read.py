@@ -23,11 +23,11 @@ import numpy as np
 
 from ..kernels import pick
 from ..kernels import rng as krng
-from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_periphery, tile_periphery_serial
+from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_accumulate, tile_accumulate_serial
 from . import adc
 from .settings import Settings
 
-_NO_VAR = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_VAR = np.zeros((0, 0), dtype=np.float32)
 
 
 class ReadPath:
@@ -198,16 +198,69 @@ class ReadPath:
                     sd = np.sqrt(np.einsum("bi,bi->b", xs, xs)[:, None] * col[None, :])
                 self.reads += 1
                 fill = pick(krng.add_scaled_normals, krng.add_scaled_normals_serial, y.size)
-                fill(y, sd, np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN)
+                fill(y, sd, np.uint64(self.stream), np.uint64(self.reads))
             return y
         if xs.shape[0] == 0:
             return np.zeros((0, self.gd.shape[2] if way == "fwd" else self.gd.shape[1]), np.float32)
+        if self.nl is None and not self._adc_error_model() and self.adc_ready(way, xs.shape[0]):
+            return self._read_by_tile(xs, way)
         M, V, post = self.tile_currents(xs, way)
         inv_step, step_post, qlo, qhi = self.adc_params(M, post, way)
         errors = self.adc_errors(way, inv_step.shape)
         if errors is not None:
             M, inv_step = adc.apply(M, inv_step, 2 ** (self.s.adc_bits - 1) - 1, errors)
         return self.periphery(M, V, inv_step, step_post, qlo, qhi, post)
+
+    def _adc_error_model(self) -> bool:
+        s = self.s
+        return bool(s.adc_offset_lsb or s.adc_gain_rel or s.adc_inl_lsb)
+
+    def adc_ready(self, way: str, B: int) -> bool:
+        """Whether the ADC constants of `way` are known without looking at this read's currents
+        (a calibrated range calibrates on its first read)."""
+        if self.s.adc_range != "calibrated":
+            return True
+        n_t, n_out = (self.nrt, self.gd.shape[2]) if way == "fwd" else (self.nct, self.gd.shape[1])
+        group = self.s.tile[1] if way == "fwd" else self.s.tile[0]
+        fs = self.adc_fs[way]
+        return fs is not None and fs.shape == (self.gd.shape[0] * n_t, -(-n_out // group))
+
+    def _read_by_tile(self, xs: np.ndarray, way: str) -> np.ndarray:
+        """The read with each tile's products consumed at once (the same operations, tile by tile,
+        as tile_currents + periphery; the product buffers stay in cache)."""
+        B = xs.shape[0]
+        g, v, post, size, n_t = self._tile_layout(way)
+        n_out, n_in = g.shape[-1], xs.shape[1]
+        P = self.gd.shape[0]
+        uniform = self.var_uniform()
+        inv_step, step_post, qlo, qhi = self.adc_params_for(P * n_t, n_out, post, way)
+        # two (B, n_out) buffers reused by every tile (and every read of this batch size)
+        bufs = self.cached(f"tile-bufs-{way}-{B}", lambda: (np.empty((B, n_out), np.float32),
+                                                             np.empty((B, n_out), np.float32)))
+        x2 = xs * xs if v is not None else None
+        if uniform is not None:
+            x2sum = np.add.reduceat(xs * xs, np.arange(0, n_in, size), axis=1) if n_in else np.zeros((B, n_t), np.float32)
+        out = np.empty((B, n_out), np.float32)
+        clipped = np.empty(B, np.int64)
+        self.reads += 1
+        key = np.uint64(krng.stream_key(np.uint64(self.stream), np.uint64(self.reads)))
+        kernel = pick(tile_accumulate, tile_accumulate_serial, B * n_out)
+        for p in range(P):
+            for t in range(n_t):
+                lo, hi = t * size, min((t + 1) * size, n_in)
+                M = np.matmul(xs[:, lo:hi], g[p, t, :hi - lo], out=bufs[0])
+                if v is not None:
+                    V = np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1])
+                elif uniform is not None:
+                    V = np.multiply(x2sum[:, t:t + 1], uniform[p])
+                else:
+                    V = _NO_VAR
+                k = p * n_t + t
+                kernel(M, V, inv_step[k], step_post[k], qlo[k], qhi[k], post[k], key, k * B * n_out, k == 0,
+                       out, clipped)
+        self.stats["adc_conversions"] += P * n_t * B * n_out if self.s.adc_bits is not None else 0
+        self.stats["adc_clipped"] += int(clipped.sum())
+        return out
 
     def adc_errors(self, way: str, shape: tuple[int, int]):
         """Per-ADC offset, gain and INL draws of this chip (xbar.tile.adc), or None for ideal ADCs."""
@@ -218,22 +271,24 @@ class ReadPath:
             s.seed, way, shape, s.adc_offset_lsb, s.adc_gain_rel, s.adc_inl_lsb))
 
     def periphery(self, M, V, inv_step, step_post, qlo, qhi, post) -> np.ndarray:
-        """The fused kernel: read noise on each tile output, its ADC, and the digital partial sums."""
-        _, B, N = M.shape
+        """The fused kernel over all tiles: read noise on each tile output, its ADC, and the
+        digital partial sums. M, V: (T, B, N) (V: (T, B, 1) for one variance per row, or None)."""
+        T, B, N = M.shape
         out = np.empty((B, N), dtype=np.float32)
         clipped = np.empty(B, dtype=np.int64)
         self.reads += 1
-        kernel = pick(tile_periphery, tile_periphery_serial, M.size)
-        kernel(M, V if V is not None else _NO_VAR, inv_step, step_post, qlo, qhi, post,
-               np.uint64(self.stream), np.uint64(self.reads), krng.KN, krng.WN, krng.FN, krng.WN32,
-               out, clipped)
+        key = np.uint64(krng.stream_key(np.uint64(self.stream), np.uint64(self.reads)))
+        kernel = pick(tile_accumulate, tile_accumulate_serial, B * N)
+        for t in range(T):
+            kernel(M[t], _NO_VAR if V is None else V[t], inv_step[t], step_post[t], qlo[t], qhi[t], post[t], key,
+                   t * B * N, t == 0, out, clipped)
         self.stats["adc_conversions"] += M.size
         self.stats["adc_clipped"] += int(clipped.sum())
         return out
 
-    def tile_currents(self, xs: np.ndarray, way: str):
-        """Per-tile mean currents (T, B, N), variances (or None) and digital gains post (T, N)."""
-        B = xs.shape[0]
+    def _tile_layout(self, way: str):
+        """(G stacks, variance stacks or None, digital gains post (T, N) float32, tile size, tiles
+        per plane) of `way`."""
         R, C = self.s.tile
         P = self.gd.shape[0]
         if way == "fwd":
@@ -242,6 +297,15 @@ class ReadPath:
         else:
             n_t, size, (g, v) = self.nct, C, self.bwd_stacks()
             post = np.broadcast_to(self.sig[:, None, None], (P, n_t, g.shape[-1]))
+        post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
+        return g, v, post, size, n_t
+
+    def tile_currents(self, xs: np.ndarray, way: str):
+        """Per-tile mean currents (T, B, N), variances (T, B, N), (T, B, 1) for one variance per
+        row (additive noise), or None; and the digital gains post (T, N)."""
+        B = xs.shape[0]
+        P = self.gd.shape[0]
+        g, v, post, size, n_t = self._tile_layout(way)
         # Reused output buffers: fresh ones are page-faulted in again on every read (measured
         # ~2,000 faults and up to 2x the matmul time per call at 256x1024x1024).
         n_out = g.shape[-1]
@@ -249,7 +313,7 @@ class ReadPath:
         noisy = v is not None or uniform is not None
         bufs = self.cached(f"bufs-{way}-{B}", lambda: (
             np.empty((P, n_t, B, n_out), np.float32),
-            np.empty((P, n_t, B, n_out), np.float32) if noisy else None))
+            np.empty((P, n_t, B, 1 if uniform is not None else n_out), np.float32) if noisy else None))
         # One product per tile on a column slice of xs (BLAS takes the row stride): no padded,
         # transposed copy of the input, and the last tile multiplies only its real rows. For tall,
         # narrow inputs (a convolution's im2col rows: 200,704 x 25 for lenet5's first layer at
@@ -275,26 +339,38 @@ class ReadPath:
                     np.multiply(x2sum[:, t:t + 1], uniform[p], out=bufs[1][p, t])
         M = bufs[0].reshape(P * n_t, B, -1)
         V = bufs[1].reshape(P * n_t, B, -1) if noisy else None
-        post = np.ascontiguousarray(post.reshape(P * n_t, -1), dtype=np.float32)
         return M, V, post
 
     def _physical_fs(self, way: str) -> float:
         return (self.s.tile[0] if way == "fwd" else self.s.tile[1]) * self.window_us
 
     def adc_params(self, M: np.ndarray, post: np.ndarray, way: str):
-        """ADC step, code bounds and step*gain per (tile, output): full scale per tile."""
-        s = self.s
-        n = 2 ** (s.adc_bits - 1) - 1
+        """ADC step, code bounds and step*gain per (tile, output): full scale per tile (a
+        calibrated range calibrates on M, the currents of this read, the first time)."""
+        if self.s.adc_bits is None:
+            return self.adc_params_for(M.shape[0], M.shape[2], post, way)
         T, _, N = M.shape
+        group = self.s.tile[1] if way == "fwd" else self.s.tile[0]
+        n_groups = -(-N // group)
+        if self.s.adc_range == "calibrated" and (self.adc_fs[way] is None or self.adc_fs[way].shape != (T, n_groups)):
+            self.adc_fs[way] = self.calibrated_fs(M, group, n_groups, self._physical_fs(way))
+            self.stats[f"adc_auto_calibrated_{way}"] = True
+        return self.adc_params_for(T, N, post, way)
+
+    def adc_params_for(self, T: int, N: int, post: np.ndarray, way: str):
+        """adc_params for T tiles of N outputs once a calibrated range is known (an ideal ADC:
+        inv_step 0, the kernel's flag)."""
+        s = self.s
+        if s.adc_bits is None:
+            z = np.zeros((T, N), np.float32)
+            return z, z, z, z
+        n = 2 ** (s.adc_bits - 1) - 1
         group = s.tile[1] if way == "fwd" else s.tile[0]   # outputs sharing one tile's ADC
         n_groups = -(-N // group)
         physical = self._physical_fs(way)
         if s.adc_range == "physical":
             fs = np.full((T, n_groups), physical)
         elif s.adc_range == "calibrated":
-            if self.adc_fs[way] is None or self.adc_fs[way].shape != (T, n_groups):
-                self.adc_fs[way] = self.calibrated_fs(M, group, n_groups, physical)
-                self.stats[f"adc_auto_calibrated_{way}"] = True
             fs = self.adc_fs[way]
         else:
             fs = np.full((T, n_groups), float(s.adc_range))
