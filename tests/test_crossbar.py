@@ -756,3 +756,25 @@ def test_uniform_read_variance_needs_no_variance_product(tile, mapping, adc_bits
         rd.cache.clear()
     mult = Crossbar(read_noise_device("multiplicative"), tile=tile, seed=3).program(W)
     assert mult.read.var_uniform() is None
+
+
+@pytest.mark.parametrize("kind,tile", [("multiplicative", (64, 64)), ("additive", (32, 48))])
+def test_noisy_tile_reads_same_bits_on_one_and_two_threads(kind, tile):
+    """A read split over row blocks (two threads, one BLAS thread each) gives the bits of the
+    read on one thread: every draw belongs to (read, tile, global row, output)."""
+    from xbar.tile.rows import row_blocks
+    W, X = rand((300, 130), seed=1), rand((257, 300), seed=2)
+    E = rand((257, 130), seed=3)
+    outs = []
+    n_threads = numba.get_num_threads()
+    for n in (1, 2):
+        try:
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            assert len(row_blocks(257)) > 1   # blocks of rows, shared by the threads
+            xb = Crossbar(read_noise_device(kind), tile=tile, adc_bits=8, seed=4).program(W).calibrate(X, E)
+            outs.append([xb.mvm(X), xb.mvm(X), xb.mvm_t(E)])
+        finally:
+            numba.set_num_threads(n_threads)
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(outs[0][0], outs[0][1]), "each read draws fresh noise"

@@ -25,6 +25,7 @@ from ..kernels import pick
 from ..kernels import rng as krng
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_accumulate, tile_accumulate_serial
 from . import adc
+from .rows import row_blocks, run_blocks
 from .settings import Settings
 
 _NO_VAR = np.zeros((0, 0), dtype=np.float32)
@@ -244,20 +245,25 @@ class ReadPath:
         clipped = np.empty(B, np.int64)
         self.reads += 1
         key = np.uint64(krng.stream_key(np.uint64(self.stream), np.uint64(self.reads)))
-        kernel = pick(tile_accumulate, tile_accumulate_serial, B * n_out)
-        for p in range(P):
-            for t in range(n_t):
-                lo, hi = t * size, min((t + 1) * size, n_in)
-                M = np.matmul(xs[:, lo:hi], g[p, t, :hi - lo], out=bufs[0])
-                if v is not None:
-                    V = np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1])
-                elif uniform is not None:
-                    V = np.multiply(x2sum[:, t:t + 1], uniform[p])
-                else:
-                    V = _NO_VAR
-                k = p * n_t + t
-                kernel(M, V, inv_step[k], step_post[k], qlo[k], qhi[k], post[k], key, k * B * n_out, k == 0,
-                       out, clipped)
+        kernel = tile_accumulate_serial   # threads split the rows (xbar.tile.rows)
+
+        def rows(r0: int, r1: int) -> None:   # every tile of batch rows r0..r1
+            Mb, Vb = bufs[0][r0:r1], bufs[1][r0:r1]
+            for p in range(P):
+                for t in range(n_t):
+                    lo, hi = t * size, min((t + 1) * size, n_in)
+                    M = np.matmul(xs[r0:r1, lo:hi], g[p, t, :hi - lo], out=Mb)
+                    if v is not None:
+                        V = np.matmul(x2[r0:r1, lo:hi], v[p, t, :hi - lo], out=Vb)
+                    elif uniform is not None:
+                        V = np.multiply(x2sum[r0:r1, t:t + 1], uniform[p])
+                    else:
+                        V = _NO_VAR
+                    k = p * n_t + t
+                    kernel(M, V, inv_step[k], step_post[k], qlo[k], qhi[k], post[k], key,
+                           (k * B + r0) * n_out, k == 0, out[r0:r1], clipped[r0:r1])
+
+        run_blocks(rows, row_blocks(B))
         self.stats["adc_conversions"] += P * n_t * B * n_out if self.s.adc_bits is not None else 0
         self.stats["adc_clipped"] += int(clipped.sum())
         return out

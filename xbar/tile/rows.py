@@ -1,0 +1,79 @@
+"""Both cores on one read: threads take blocks of batch rows, each with single-threaded BLAS.
+
+A tile read alternates two thread pools when both are left multi-threaded: OpenBLAS's for each
+tile's products and numba's for the noise + ADC kernel, with a hand-over per tile (26 per read of
+a 784x100 layer on 64x64 tiles). Splitting the batch rows instead lets each thread run the whole
+tile loop on its rows: one-thread BLAS calls and the serial kernel, no hand-over.
+
+Same bits at any thread count: the blocks depend on the batch size only (at most four blocks of
+at least 128 rows), every block's products run on one BLAS thread, and every draw belongs to
+(read, tile, global row, output). (OpenBLAS gives a row different bits in calls of different
+heights, so the blocks must not follow the thread count.) The pool has numba's thread count
+(``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_blas = None
+MIN_ROWS = 128
+MAX_BLOCKS = 4
+
+
+def row_blocks(B: int) -> list[tuple[int, int]]:
+    """The row blocks of a read of B rows: at most MAX_BLOCKS of at least MIN_ROWS rows (one
+    block below 2 MIN_ROWS), whatever the thread count."""
+    size = max(MIN_ROWS, -(-B // MAX_BLOCKS))
+    return [(r, min(B, r + size)) for r in range(0, B, size)] or [(0, 0)]
+
+
+def _blas_libs():
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        except Exception:   # noqa: BLE001 - no controllable BLAS: calls run with what they have
+            _blas = []
+    return _blas
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS limited to one thread inside the block (restored after)."""
+    libs = _blas_libs()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
+def run_blocks(work, blocks: list[tuple[int, int]]) -> None:
+    """work(r0, r1) for every block with single-threaded BLAS: on the caller's thread with one
+    numba thread (or one block), else spread over a pool of numba's thread count (re-raises the
+    first error)."""
+    global _pool, _pool_size
+    n = min(numba.get_num_threads(), len(blocks))
+    with _lock, one_blas_thread():
+        if n <= 1:
+            for r0, r1 in blocks:
+                work(r0, r1)
+            return
+        if _pool is None or _pool_size < n:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="xbar-rows")
+            _pool_size = n
+        futures = [_pool.submit(work, r0, r1) for r0, r1 in blocks]
+        for f in futures:
+            f.result()
