@@ -25,6 +25,8 @@ from numba import prange
 from ._jit import njit, njit_parallel, serial_twin
 from .rng import CHUNK, fill_normals, scratch
 
+FLAT_N = 32   # below this many outputs a work item runs as flat loops over its rows
+
 
 def _tile_accumulate(M, V, inv_step, step_post, qlo, qhi, post, key, g0, first, out, clipped):
     """Noise + ADC + digital accumulation of one tile. See the module docstring.
@@ -35,7 +37,9 @@ def _tile_accumulate(M, V, inv_step, step_post, qlo, qhi, post, key, g0, first, 
     step_post: (N,) float32 ADC step times `post`; post: (N,) float32 digital gain.
     qlo, qhi: (N,) float32 lowest/highest ADC code. key: uint64 key of the read's noise stream;
     g0: the number of this tile's first draw (row 0, output 0).
-    first: out is set (0 + this tile) instead of added to; clipped (B,) int64 likewise.
+    first: out is set (0 + this tile) instead of added to; clipped (B,) int64 likewise (its total
+    is the number of clipped conversions; with fewer than FLAT_N outputs a work item counts on its
+    first row). M, V and out must be C-contiguous (rows of a C array are).
     """
     B, N = M.shape
     noisy = V.shape[0] > 0
@@ -43,13 +47,63 @@ def _tile_accumulate(M, V, inv_step, step_post, qlo, qhi, post, key, g0, first, 
     adc = inv_step[0] != 0.0
     rows = max(1, CHUNK // max(N, 1))   # rows per work item (any split gives the same bits)
     n_chunks = -(-B // rows)
+    flat = N < FLAT_N
+    if flat:   # few outputs: the column constants repeated over a work item's rows, flat loops
+        L = rows * N
+        a_rep = np.empty(L, np.float32)
+        s_rep = np.empty(L, np.float32)
+        lo_rep = np.empty(L, np.float32)
+        hi_rep = np.empty(L, np.float32)
+        for r in range(rows):
+            for j in range(N):
+                a_rep[r * N + j] = inv_step[j] if adc else post[j]
+                s_rep[r * N + j] = step_post[j]
+                lo_rep[r * N + j] = qlo[j]
+                hi_rep[r * N + j] = qhi[j]
     for c in prange(n_chunks):
         b0 = c * rows
         b1 = min(B, b0 + rows)
-        n = (b1 - b0) * N if noisy else 0
-        z = np.empty(n, np.float32)
+        n = (b1 - b0) * N
+        z = np.empty(n if noisy else 0, np.float32)
         if noisy:
             fill_normals(key, g0 + b0 * N, n, z, scratch(n))
+        if flat:
+            Mf = M[b0:b1].reshape(-1)
+            of = out[b0:b1].reshape(-1)
+            cur = np.empty(n, np.float32)
+            if per_row:
+                for r in range(b1 - b0):
+                    sd = np.sqrt(max(V[b0 + r, 0], np.float32(0.0)))
+                    for j in range(N):
+                        cur[r * N + j] = Mf[r * N + j] + sd * z[r * N + j]
+            elif noisy:
+                Vf = V[b0:b1].reshape(-1)
+                for e in range(n):
+                    cur[e] = Mf[e] + np.sqrt(max(Vf[e], np.float32(0.0))) * z[e]
+            else:
+                for e in range(n):
+                    cur[e] = Mf[e]
+            nclip = 0
+            if adc:
+                for e in range(n):
+                    cc = np.floor(cur[e] * a_rep[e] + np.float32(0.5))
+                    c2 = min(max(cc, lo_rep[e]), hi_rep[e])
+                    nclip += c2 != cc
+                    cur[e] = c2 * s_rep[e]
+            else:
+                for e in range(n):
+                    cur[e] = cur[e] * a_rep[e]
+            if first:
+                for e in range(n):
+                    of[e] = np.float32(0.0) + cur[e]
+                clipped[b0] = nclip          # (a work item's count on its first row)
+                for b in range(b0 + 1, b1):
+                    clipped[b] = 0
+            else:
+                for e in range(n):
+                    of[e] += cur[e]
+                clipped[b0] += nclip
+            continue
         cur = np.empty(N, np.float32)
         for b in range(b0, b1):
             base = (b - b0) * N
