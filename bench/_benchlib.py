@@ -82,7 +82,7 @@ def _periphery_cache_shared() -> bool | None:
     try:
         from xbar.kernels import mvm
 
-        par, ser = mvm.tile_periphery, mvm.tile_periphery_serial
+        par, ser = mvm.tile_accumulate, mvm.tile_accumulate_serial
         return par._cache._cache_file._index_path == ser._cache._cache_file._index_path
     except Exception:   # noqa: BLE001 - private numba API, or no serial variant: unknown
         return None

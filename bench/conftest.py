@@ -11,7 +11,7 @@ from _benchlib import SHAPES, shape_id, thread_info
 def compiled_kernels():
     """Load/compile every numba kernel on tiny arrays once, so no benchmark pays for the JIT.
 
-    Runs both the fused ADC periphery (tile_periphery) and the no-ADC noise kernel
+    Runs both the fused ADC periphery (tile_accumulate) and the no-ADC noise kernel
     (add_scaled_normals), which also starts numba's thread pool.
     """
     from xbar import Crossbar, Device

@@ -98,7 +98,7 @@ def threads_line(doc: dict) -> str:
     env = {k: v for k, v in (th.get("env") or {}).items() if v is not None}
     warn = ""
     if th.get("periphery_cache_shared"):
-        warn = ("\nWARNING: tile_periphery and tile_periphery_serial share one numba cache index; the "
+        warn = ("\nWARNING: tile_accumulate and tile_accumulate_serial share one numba cache index; the "
                 "parallel kernel may be running the serial machine code")
     commit = doc.get("commit_info") or {}
     rev = f"; commit {str(commit.get('id', ''))[:8]}{' (dirty)' if commit.get('dirty') else ''}" if commit else ""
