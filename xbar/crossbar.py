@@ -369,16 +369,19 @@ class Crossbar:
 
     def read_gains(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The digital periphery's per-column gain and offset as reads apply them (float32, (out,));
-        the offset is None when it is zero everywhere."""
+        the offset is None when it is zero everywhere. The arrays the reads use, not copies: read
+        them, do not write them."""
         self._check_programmed()
         return self._alpha32, self._beta32
 
-    def counters(self) -> dict[str, int]:
-        """The activity counters alone (a copy): programs, reads, conversions, clipping."""
+    def counters(self) -> dict[str, Any]:
+        """The activity counters alone (a copy): programs, reads, conversions, clipping, and
+        whether an ADC calibrated itself."""
         return dict(self._stats)
 
-    def set_counters(self, counters: dict[str, int]) -> None:
-        """Replace the activity counters (a stacked run reports its work on each variant's crossbar)."""
+    def set_counters(self, counters: dict[str, Any]) -> None:
+        """Replace the activity counters with a (changed) copy from :meth:`counters` (a stacked
+        run reports its work on each variant's crossbar)."""
         self._stats.clear()
         self._stats.update(counters)
 

@@ -280,8 +280,8 @@ class ReadPath:
         """The fused kernel over all tiles: read noise on each tile output, its ADC, and the
         digital partial sums. M, V: (T, B, N) (V: (T, B, 1) for one variance per row, or None)."""
         T, B, N = M.shape
-        out = np.empty((B, N), dtype=np.float32)
-        clipped = np.empty(B, dtype=np.int64)
+        out = np.empty((B, N), dtype=np.float32) if T else np.zeros((B, N), dtype=np.float32)
+        clipped = np.zeros(B, dtype=np.int64)
         self.reads += 1
         key = np.uint64(krng.stream_key(np.uint64(self.stream), np.uint64(self.reads)))
         kernel = pick(tile_accumulate, tile_accumulate_serial, B * N)
@@ -331,18 +331,21 @@ class ReadPath:
         if self.nl is not None:   # the cells' V² and V³ currents, per tile like the ohmic one
             nl = [(x_k, k) for x_k, k in zip(self.nl_inputs(xs), self.nl_stacks(way)) if k is not None]
             tmp = self.cached(f"nl-buf-{way}-{B}", lambda: np.empty((B, n_out), np.float32))
-        for p in range(P):
-            for t in range(n_t):
-                lo, hi = t * size, min((t + 1) * size, n_in)
-                np.matmul(xs[:, lo:hi], g[p, t, :hi - lo], out=bufs[0][p, t])
-                if self.nl is not None:
-                    for x_k, k in nl:
-                        np.matmul(x_k[:, lo:hi], k[p, t, :hi - lo], out=tmp)
-                        bufs[0][p, t] += tmp
-                if v is not None:
-                    np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=bufs[1][p, t])
-                elif uniform is not None:
-                    np.multiply(x2sum[:, t:t + 1], uniform[p], out=bufs[1][p, t])
+        def rows(r0: int, r1: int) -> None:   # the row blocks and one BLAS thread of _read_by_tile: same bits
+            for p in range(P):
+                for t in range(n_t):
+                    lo, hi = t * size, min((t + 1) * size, n_in)
+                    np.matmul(xs[r0:r1, lo:hi], g[p, t, :hi - lo], out=bufs[0][p, t, r0:r1])
+                    if self.nl is not None:
+                        for x_k, k in nl:
+                            np.matmul(x_k[r0:r1, lo:hi], k[p, t, :hi - lo], out=tmp[r0:r1])
+                            bufs[0][p, t, r0:r1] += tmp[r0:r1]
+                    if v is not None:
+                        np.matmul(x2[r0:r1, lo:hi], v[p, t, :hi - lo], out=bufs[1][p, t, r0:r1])
+                    elif uniform is not None:
+                        np.multiply(x2sum[r0:r1, t:t + 1], uniform[p], out=bufs[1][p, t, r0:r1])
+
+        run_blocks(rows, row_blocks(B))
         M = bufs[0].reshape(P * n_t, B, -1)
         V = bufs[1].reshape(P * n_t, B, -1) if noisy else None
         return M, V, post

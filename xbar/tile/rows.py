@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 
@@ -62,18 +62,21 @@ def one_blas_thread():
 
 def run_blocks(work, blocks: list[tuple[int, int]]) -> None:
     """work(r0, r1) for every block with single-threaded BLAS: on the caller's thread with one
-    numba thread (or one block), else spread over a pool of numba's thread count (re-raises the
-    first error)."""
+    numba thread (or one block, or no BLAS threadpoolctl can limit), else spread over a pool of
+    numba's thread count. Every block finishes before the first error is re-raised."""
     global _pool, _pool_size
     n = min(numba.get_num_threads(), len(blocks))
     with _lock, one_blas_thread():
-        if n <= 1:
+        if n <= 1 or not _blas_libs():
             for r0, r1 in blocks:
                 work(r0, r1)
             return
         if _pool is None or _pool_size < n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="xbar-rows")
             _pool_size = n
         futures = [_pool.submit(work, r0, r1) for r0, r1 in blocks]
+        wait(futures)
         for f in futures:
             f.result()

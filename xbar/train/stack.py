@@ -120,8 +120,8 @@ class StackTrainer:
             # net conductances only where the step reads a layer transposed (bp and sg, layers
             # after the first); elsewhere (K, 0, 0): the kernels skip them
             reads_t = [self.rule_name in ("bp", "sg") and i > 0 for i in range(self.n_layers)]
-            g32 = stack(lambda n, i: n.layers[i].crossbar.read.g32)
-            self.g32 = [g if t else np.zeros((K, 0, 0), np.float32) for g, t in zip(g32, reads_t)]
+            self.g32 = [np.ascontiguousarray(np.stack([n.layers[i].crossbar.read.g32 for n in nets])) if reads_t[i]
+                        else np.zeros((K, 0, 0), np.float32) for i in range(self.n_layers)]
             def offset(n, i):
                 beta = n.layers[i].crossbar.read_gains()[1]
                 return np.zeros(n.layers[i].n_out, np.float32) if beta is None else beta
@@ -295,7 +295,8 @@ class StackTrainer:
             xi = xs[i]
             grads.append(np.matmul(xi.T if xi.ndim == 2 else xi.swapaxes(1, 2), deltas[i]))
             grads.append(deltas[i].sum(axis=1))
-        fused = self.on_device and isinstance(self.opt, Adadelta) and not self.opt.weight_decay
+        fused = (self.on_device and isinstance(self.opt, Adadelta) and not self.opt.weight_decay
+                 and all(g.dtype == np.float32 and g.flags.c_contiguous for g in grads))
         if fused:   # the optimizer's step runs inside the programming kernel, variant by variant
             self.opt.steps += 1
         else:
