@@ -17,7 +17,10 @@ import sys
 import numpy as np
 
 # (batch, in, out): an MNIST-sized layer at a small and a large batch, and a square 1k layer.
-SHAPES = [(64, 784, 100), (1000, 784, 100), (256, 1024, 1024)]
+# XBAR_BENCH_SHAPES="256x512x512,256x1024x1024" replaces the shapes (batch x in x out), e.g. for
+# the square layers of the aihwkit comparison.
+SHAPES = ([tuple(int(v) for v in s.split("x")) for s in os.environ["XBAR_BENCH_SHAPES"].split(",")]
+          if os.environ.get("XBAR_BENCH_SHAPES") else [(64, 784, 100), (1000, 784, 100), (256, 1024, 1024)])
 
 # Environment variables that change how the libraries thread; recorded so a result can be rerun.
 THREAD_ENV = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
