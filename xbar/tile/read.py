@@ -238,9 +238,6 @@ class ReadPath:
         # two (B, n_out) buffers reused by every tile (and every read of this batch size)
         bufs = self.cached(f"tile-bufs-{way}-{B}", lambda: (np.empty((B, n_out), np.float32),
                                                              np.empty((B, n_out), np.float32)))
-        x2 = xs * xs if v is not None else None
-        if uniform is not None:
-            x2sum = np.add.reduceat(xs * xs, np.arange(0, n_in, size), axis=1) if n_in else np.zeros((B, n_t), np.float32)
         out = np.empty((B, n_out), np.float32)
         clipped = np.empty(B, np.int64)
         self.reads += 1
@@ -249,14 +246,18 @@ class ReadPath:
 
         def rows(r0: int, r1: int) -> None:   # every tile of batch rows r0..r1
             Mb, Vb = bufs[0][r0:r1], bufs[1][r0:r1]
+            if v is not None or uniform is not None:   # x² (for additive noise its sum per tile) of these rows
+                x2 = xs[r0:r1] * xs[r0:r1]
+                if uniform is not None:
+                    x2sum = np.add.reduceat(x2, np.arange(0, n_in, size), axis=1)
             for p in range(P):
                 for t in range(n_t):
                     lo, hi = t * size, min((t + 1) * size, n_in)
                     M = np.matmul(xs[r0:r1, lo:hi], g[p, t, :hi - lo], out=Mb)
                     if v is not None:
-                        V = np.matmul(x2[r0:r1, lo:hi], v[p, t, :hi - lo], out=Vb)
+                        V = np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=Vb)
                     elif uniform is not None:
-                        V = np.multiply(x2sum[r0:r1, t:t + 1], uniform[p])
+                        V = np.multiply(x2sum[:, t:t + 1], uniform[p])
                     else:
                         V = _NO_VAR
                     k = p * n_t + t
