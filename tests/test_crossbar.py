@@ -778,3 +778,25 @@ def test_noisy_tile_reads_same_bits_on_one_and_two_threads(kind, tile):
     for a, b in zip(*outs):
         assert a.tobytes() == b.tobytes()
     assert not np.array_equal(outs[0][0], outs[0][1]), "each read draws fresh noise"
+
+
+def test_a_forked_child_reads_with_a_pool_of_its_own():
+    """The row-block pool is per process: a child forked after the parent used it still reads."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    W, X = rand((300, 130), seed=1), rand((600, 300), seed=2)
+    xb = Crossbar(read_noise_device("multiplicative"), adc_bits=8, seed=4).program(W).calibrate(X)
+    n_threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        xb.mvm(X)                              # the parent's pool exists now (with two threads)
+        with mp.get_context("fork").Pool(1) as pool:
+            shape = pool.apply_async(_read_shape, (xb, X)).get(timeout=120)
+    finally:
+        numba.set_num_threads(n_threads)
+    assert shape == (600, 130)
+
+
+def _read_shape(xb, X):
+    return xb.mvm(X).shape

@@ -9,12 +9,14 @@ Same bits at any thread count: the blocks depend on the batch size only (at most
 at least 128 rows), every block's products run on one BLAS thread, and every draw belongs to
 (read, tile, global row, output). (OpenBLAS gives a row different bits in calls of different
 heights, so the blocks must not follow the thread count.) The pool has numba's thread count
-(``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``).
+(``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``). Reads from several Python threads at once
+take turns (one lock), and a forked child starts a pool of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -26,6 +28,18 @@ _pool_size = 0
 _blas = None
 MIN_ROWS = 128
 MAX_BLOCKS = 4
+
+
+def _after_fork() -> None:
+    """A forked child has none of the parent's pool threads: start afresh (a copied pool would
+    wait forever for workers that do not exist, and a copied lock may be held)."""
+    global _lock, _pool, _pool_size
+    _lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def row_blocks(B: int) -> list[tuple[int, int]]:
