@@ -9,8 +9,13 @@ them instead of copying them:
 - :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile, plus
   one per nonzero term of a nonlinear read I–V curve);
 - :meth:`adc_params` — per-tile ADC steps, code bounds and gains (calibrating on first use);
-- :meth:`periphery` — the fused kernel: read noise, ADC and partial-sum add;
+- :meth:`periphery` — the fused kernel over all tiles: read noise, ADC and partial-sum add;
 - :meth:`read` — all of the above for inputs already through the DAC.
+
+:meth:`read` itself runs the stages tile by tile (:meth:`_read_by_tile`): each tile's products go
+to the kernel right after BLAS, on row blocks that the threads share (:mod:`xbar.tile.rows`). The
+first read of a self-calibrating ADC, ADC error models and nonlinear I–V curves take the stages
+as listed (the same draws: draw (t·B + b)·N + j of the read's stream for tile t, row b, output j).
 
 Read noise comes from a counter-based stream ``(stream, reads)``: each read advances ``reads``.
 """
