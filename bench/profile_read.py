@@ -4,8 +4,10 @@ Usage::
 
     python bench/profile_read.py [--shape 256x1024x1024] [--config xbar-3bit-adc8-t64] [--repeat 30]
 
-The stages are the read path's own (``xbar.tile.read.ReadPath``), called in the order `mvm`
-calls them, on the same arrays: validation (`as_matrix`), `read.dac`, `read.tile_currents`
+The stages are the read path's own (``xbar.tile.read.ReadPath``), called in the order of its
+materialising path (the first read of a self-calibrating ADC, `calibrate`, ADC error models and
+I–V curves; other reads run the same stages tile by tile, `ReadPath._read_by_tile`, which the
+`mvm (whole)` row times), on the same arrays: validation (`as_matrix`), `read.dac`, `read.tile_currents`
 (per-tile products for the mean currents and the variances), `read.adc_params`,
 `read.periphery` (the fused noise + ADC + accumulation kernel) and the scale undo. Nothing is
 re-implemented here, so the profile follows the code. Every stage is timed `--repeat` times (median);

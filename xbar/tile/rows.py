@@ -5,8 +5,8 @@ tile's products and numba's for the noise + ADC kernel, with a hand-over per til
 a 784x100 layer on 64x64 tiles). Splitting the batch rows instead lets each thread run the whole
 tile loop on its rows: one-thread BLAS calls and the serial kernel, no hand-over.
 
-Same bits at any thread count: the blocks depend on the batch size only (at most four blocks of
-at least 128 rows), every block's products run on one BLAS thread, and every draw belongs to
+Same bits at any thread count: the blocks depend on the batch size only (max(128, ceil(B/4)) rows,
+at most four, the last may be shorter), every block's products run on one BLAS thread, and every draw belongs to
 (read, tile, global row, output). (OpenBLAS gives a row different bits in calls of different
 heights, so the blocks must not follow the thread count.) The pool has numba's thread count
 (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``). Reads from several Python threads at once
@@ -43,8 +43,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def row_blocks(B: int) -> list[tuple[int, int]]:
-    """The row blocks of a read of B rows: at most MAX_BLOCKS of at least MIN_ROWS rows (one
-    block below 2 MIN_ROWS), whatever the thread count."""
+    """The row blocks of a read of B rows, whatever the thread count: blocks of max(MIN_ROWS,
+    ceil(B / MAX_BLOCKS)) rows, the last one shorter where B does not divide (one block for at
+    most MIN_ROWS rows)."""
     size = max(MIN_ROWS, -(-B // MAX_BLOCKS))
     return [(r, min(B, r + size)) for r in range(0, B, size)] or [(0, 0)]
 
