@@ -127,3 +127,19 @@ def test_fused_program_hands_the_read_its_arrays(quant):
     assert np.array_equal(rd.w_fwd32, ((gp - gn) * rd.alpha_eff[None, :]).astype(np.float32))
     assert np.array_equal(rd.g32, (gp - gn).astype(np.float32))
     assert np.array_equal(rd.gd[0], gp - gn)
+
+
+def test_column_abs_max_kernel_is_the_symmetric_column_range():
+    # the planner's one-pass max|w| per column equals _col_ranges' min/max/abs (signed zeros, an
+    # all-zero column and a single row included)
+    from xbar.kernels.program import col_abs_max
+    r = np.random.default_rng(0)
+    for shape in [(784, 100), (5, 3), (1, 1), (64, 7)]:
+        W = (r.standard_normal(shape) * 0.3).astype(np.float32)
+        W[0, 0] = -0.0
+        if shape[0] > 2:
+            W[:, -1] = 0.0
+        m = np.empty(shape[1], np.float32)
+        col_abs_max(W, m)
+        lo, hi = mp._col_ranges(W, "local", "column", (-1.0, 1.0), True)
+        assert np.array_equal(m.astype(np.float64), hi) and np.array_equal(-m.astype(np.float64), lo)

@@ -93,3 +93,16 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
             w32[i, j] = np.float32(dif * alpha[j])
     return clipped
 
+
+
+@njit_exact
+def col_abs_max(W, out):
+    """out[j] = max_i |W[i, j]| for float32 W (rows, out) (one pass; the rows' loop outside so the
+    columns vectorize). W must be finite (programming checks it first)."""
+    rows, cols = W.shape
+    for j in range(cols):
+        out[j] = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            a = abs(W[i, j])
+            out[j] = max(out[j], a)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import mapping as mp
 from ..device import Device
 from ..errors import ConfigError
-from ..kernels.program import program_differential, program_quant_differential
+from ..kernels.program import col_abs_max, program_differential, program_quant_differential
 from .settings import Settings
 
 
@@ -59,7 +59,14 @@ class Planner:
     def _fused(self, W: np.ndarray) -> mp.Planes:
         """Nearest device level on a differential pair, in one numba pass."""
         d, s = self.device, self.s
-        lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, True)
+        if s.range == "local" and s.gain == "column" and W.dtype == np.float32:
+            # max|w| per column in one pass: what _col_ranges' min, max and abs give for a symmetric range
+            m = np.empty(W.shape[1], np.float32)
+            col_abs_max(W, m)
+            hi = m.astype(np.float64)
+            lo = -hi
+        else:
+            lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, True)
         L = len(self.levels)
         k_max = float(L - 1)
         m = hi
