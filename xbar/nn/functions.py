@@ -75,6 +75,17 @@ def log_softmax(a: np.ndarray) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
 
 
+def _mean64(v: np.ndarray):
+    """The float64 mean of v's last axis: a float for 1-D v, else an array of v.shape[:-1], each
+    entry computed as the mean of that row alone. (numpy's reduction of a stack along its last
+    axis may sum in another order: a stacked run's loss then differed from the run alone in the
+    last bits.)"""
+    if v.ndim == 1:
+        return float(v.mean(dtype=np.float64))
+    rows = v.reshape(-1, v.shape[-1])
+    return np.array([r.mean(dtype=np.float64) for r in rows]).reshape(v.shape[:-1])
+
+
 def loss_and_error(output: str, a: np.ndarray, y: np.ndarray):
     """Mean batch loss and e = dL/da for the output pre-activation a (batch, classes).
 
@@ -87,19 +98,18 @@ def loss_and_error(output: str, a: np.ndarray, y: np.ndarray):
     """
     n = a.shape[-2]
     rows = np.arange(n)
-    one = a.ndim == 2
     if output == "log_softmax":
         lp = log_softmax(a)
-        loss = -lp[..., rows, y].mean(axis=-1, dtype=np.float64)
+        loss = -_mean64(lp[..., rows, y])
         e = np.exp(lp)
         e[..., rows, y] -= 1
         e *= np.float32(1.0 / n)
-        return (float(loss) if one else loss), e
+        return loss, e
     d = a.copy()
     d[..., rows, y] -= 1
-    loss = (d * d).reshape(*a.shape[:-2], -1).mean(axis=-1, dtype=np.float64)
+    loss = _mean64((d * d).reshape(*a.shape[:-2], -1))
     d *= np.float32(2.0 / (n * a.shape[-1]))
-    return (float(loss) if one else loss), d
+    return loss, d
 
 
 # ---- binary weights: sign with a clipped straight-through estimator ------------------------------
