@@ -143,3 +143,78 @@ def test_column_abs_max_kernel_is_the_symmetric_column_range():
         col_abs_max(W, m)
         lo, hi = mp._col_ranges(W, "local", "column", (-1.0, 1.0), True)
         assert np.array_equal(m.astype(np.float64), hi) and np.array_equal(-m.astype(np.float64), lo)
+
+
+def _lean_and_full(dev, **kw):
+    lean = Crossbar(dev, seed=0, **kw)
+    full = Crossbar(dev, seed=0, **kw)
+    full._lean = False   # every programming writes the planes at once
+    return lean, full
+
+
+@pytest.mark.parametrize("kw", [
+    dict(range="local", gain="column"),
+    dict(range="global", gain="layer"),
+    dict(quant="asymm", range="local"),
+    dict(quant="symm", range="global"),
+    dict(quant="asymm", range="local", adc_bits=6, dac_bits=5, tile=(32, 16)),
+    dict(quant="symm", range="local", gain="column", adc_bits=8, adc_range="physical"),
+])
+def test_lean_reprogramming_reads_and_reports_as_a_full_one(kw):
+    # After the first programming, an exact device without read noise reprograms only the read
+    # arrays; its planes are built when asked for. Reads, weights, planes, counters, drifted
+    # copies and saved states equal those of a crossbar that writes the planes every time.
+    r = np.random.default_rng(5)
+    dev = Device(name="u", g_min_us=0.5, g_max_us=10.0, bits=4)
+    lean, full = _lean_and_full(dev, **kw)
+    X = r.standard_normal((40, 70)).astype(np.float32)
+    E = r.standard_normal((40, 33)).astype(np.float32)
+    b = r.standard_normal(33).astype(np.float32)
+    for step in range(4):
+        W = r.normal(0, 0.6, (70, 33)).astype(np.float32)
+        lean.program(W, b)
+        full.program(W, b)
+        W[...] = 7.0   # the caller's array changes after programming (an optimizer's step)
+        assert (lean._pending is not None) == (step > 0)
+        assert np.array_equal(lean.mvm(X), full.mvm(X)) and np.array_equal(lean.mvm_t(E), full.mvm_t(E))
+        assert lean._pending is not None or step == 0   # reads did not need the planes
+        assert lean.stats() == full.stats()
+        if step == 2:
+            assert np.array_equal(lean.weights(), full.weights())
+    assert all(np.array_equal(a, c) for a, c in zip(lean.conductances(), full.conductances()))
+    assert np.array_equal(lean.read.gd, full.read.gd)
+    sd_l, sd_f = lean.state_dict(), full.state_dict()
+    assert sd_l["arrays"].keys() == sd_f["arrays"].keys()
+    assert all(np.array_equal(sd_l["arrays"][k], sd_f["arrays"][k]) for k in sd_l["arrays"])
+    lean.program(W * 0.01)
+    full.program(W * 0.01)
+    assert np.array_equal(lean.at(3600.0).mvm(X), full.at(3600.0).mvm(X))
+
+
+def test_lean_path_only_where_the_planes_are_not_needed():
+    dev = Device(name="u", bits=4)
+    assert Crossbar(dev)._lean and Crossbar(dev, quant="asymm")._lean
+    assert not Crossbar(dev.with_(program_noise_rel=0.02))._lean   # writes land at random
+    assert not Crossbar(dev.with_(read_noise_rel=0.02))._lean      # reads need the planes' variance
+    assert not Crossbar(dev, ir_drop="exact", r_wire_ohm=1.0)._lean
+    assert not Crossbar(dev, replicas=2)._lean
+    W = np.random.default_rng(0).normal(0, 0.5, (6, 5)).astype(np.float32)
+    xb = Crossbar(dev, bias="row").program(W, np.ones(5, np.float32)).program(W, np.ones(5, np.float32))
+    assert xb._pending is None   # a bias row: programmed in full
+    xb = Crossbar(dev).program(W)
+    xb.program(W, mask=np.ones_like(W, bool) & (W > 0))
+    assert xb._pending is None   # a mask: in full
+
+
+def test_lean_reprogramming_refuses_non_finite_weights_and_keeps_its_state():
+    from xbar.errors import NonFiniteError
+    dev = Device(name="u", bits=4)
+    W = np.random.default_rng(0).normal(0, 0.5, (6, 5)).astype(np.float32)
+    xb = Crossbar(dev).program(W).program(W * 0.5)
+    before = xb.mvm(np.ones((2, 6), np.float32))
+    bad = W.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(NonFiniteError, match="W"):
+        xb.program(bad)
+    assert np.array_equal(xb.mvm(np.ones((2, 6), np.float32)), before)
+    assert np.array_equal(xb.weights(), Crossbar(dev).program(W * 0.5).weights())

@@ -19,22 +19,20 @@ What happens in `mvm`:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from .device import Device
 from .errors import ConfigError, ShapeError
-from .kernels import rng as krng
 from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
-from .tile.drift import drifted_copy
+from .tile.drift import check_drift_args, drifted_copy
 from .tile.physics import DeviceArray, is_active
 from .tile.planner import Planner
 from .tile.read import ReadPath
 from .tile.settings import NAMES as SETTING_NAMES
 from .tile.settings import Settings
-from .tile.state import ArrayState, hardware_counts, pack, unpack_header
+from .tile.state import ArrayState, crossbar_stats, pack, restore, rewired, unpack_header
 
 __all__ = ["Crossbar", "as_matrix", "raise_nonfinite"]
 
@@ -80,14 +78,30 @@ class Crossbar:
         self._stats = {"programs": 0, "mvm_calls": 0, "mvm_t_calls": 0, "adc_conversions": 0,
                        "adc_clipped": 0, "dac_conversions": 0, "dac_clipped": 0, "weights_clipped": 0}
         self.read = ReadPath(s, device.window_us, self._stats, stream=s.seed)
-        self.state: ArrayState | None = None
+        self._state: ArrayState | None = None
         self._alpha_src = None         # the alpha array the periphery's float32 copies came from
+        ph = self.physics   # when reprogramming may write only the read arrays (_program_lean)
+        self._lean = (self.planner.fused and s.replicas == 1 and s.ir_drop == "none" and ph.exact_write
+                      and not (s.read_noise and is_active(ph.read_noise)) and ph.read_iv.linear
+                      and not ph.drift_model.state_dependent)
+        self._pending: np.ndarray | None = None   # a lean programming's weights, planes not built yet
 
     def __getattr__(self, name: str):
         # Settings read as attributes (xb.tile, xb.adc_bits, ...), as before the split.
         if name in SETTING_NAMES:
             return getattr(self.__dict__["settings"], name)
         raise AttributeError(f"'Crossbar' object has no attribute {name!r}")
+
+    @property
+    def state(self) -> ArrayState | None:
+        """What the array holds (:class:`xbar.tile.state.ArrayState`), None before program()."""
+        if self._pending is not None:
+            self._planes()
+        return self._state
+
+    @state.setter
+    def state(self, value: ArrayState | None) -> None:
+        self._state, self._pending = value, None
 
     # ---- programming ----------------------------------------------------------------------------
     def program(self, W, b=None, mask=None, cells=None) -> Crossbar:
@@ -117,7 +131,7 @@ class Crossbar:
             else:
                 b_digital = b
         shape = W.shape
-        old = self.state
+        old = self._state
         if old is not None and shape != old.shape:
             raise ShapeError(f"W: this crossbar holds a {old.shape} matrix, got {shape}; "
                              "create a new Crossbar for a new layer size")
@@ -131,6 +145,8 @@ class Crossbar:
             if cells.shape != shape:
                 cells = np.vstack([cells, np.zeros((1, n_out), bool)])
         has_bias_row = b is not None and self.bias == "row"
+        if self._lean and old is not None and mask is None and cells is None and not has_bias_row:
+            return self._program_lean(W, b_digital)
         if old is None:   # the first program: refuse arrays that cannot be allocated, before trying
             check_fits(self.slices * self.replicas * crossbar_bytes(shape[0], shape[1], self.tile),
                        f"a {shape[0]}x{shape[1]} crossbar on {self.tile[0]}x{self.tile[1]} tiles",
@@ -161,14 +177,39 @@ class Crossbar:
             self.read.cache.update(g32=fresh["g32"], w_fwd32=fresh["w_fwd32"])   # built by the kernel
         return self
 
+    def _program_lean(self, W: np.ndarray, b_digital: np.ndarray | None) -> Crossbar:
+        """program() when the devices hold their targets exactly and reads need no read noise, I–V
+        terms, wires or state-dependent drift: the kernel writes the float32 read arrays alone and
+        the planes (the same values) are built from a copy of W when asked for (_planes)."""
+        planes = self.planner.plan(W, lean=True)
+        self._stats["weights_clipped"] += planes.clipped
+        self._stats["programs"] += 1
+        self._state = ArrayState(W.shape, W.shape[0], False, None, None, None, None, planes.sig, planes.alpha,
+                                 planes.beta, b_digital)
+        self._pending = W.copy()
+        self._install(lean=True)
+        self.read.cache.update(self.planner.fresh)
+        return self
+
+    def _planes(self) -> np.ndarray:
+        """A lean programming's planes, built now (the full kernel on the same weights, written
+        exactly: what program() would have stored); returns G+ - G- for the read path."""
+        if self._pending is not None:
+            W, self._pending = self._pending, None
+            planes = self.planner.plan(W)
+            st = self._state
+            st.gp0, st.gn0, st.gp, st.gn = planes.gp, planes.gn, planes.gp, planes.gn
+            self.read._gd = self.planner.fresh["gd"][None]
+        return self.read.gd
+
     @property
-    def has_write_noise(self) -> bool:
-        """True when a write lands off its target at random (programming-noise model active)."""
+    def has_write_noise(self) -> bool:   # a write lands off its target at random
         return is_active(self.physics.program_noise)
 
-    def _install(self, gd: np.ndarray | None = None) -> None:
-        """Hand the present conductances to the read path (gains and read variance derived here)."""
-        st = self.state
+    def _install(self, gd: np.ndarray | None = None, lean: bool = False) -> None:
+        """Hand the present conductances to the read path (gains and read variance derived here);
+        lean: the planes are not built yet (no read variance or I–V terms to derive)."""
+        st = self._state
         if st.alpha is not self._alpha_src or st.drift_compensation != 1.0:
             # (a fixed range hands over the same alpha and beta arrays every program: convert once)
             self._alpha_src = st.alpha if st.drift_compensation == 1.0 else None
@@ -176,6 +217,9 @@ class Crossbar:
             self._alpha32 = self._alpha_eff.astype(np.float32)
             self._beta32 = st.beta.astype(np.float32) if np.any(st.beta) else None
         self._mask32 = None if st.mask is None else st.mask.astype(np.float32)
+        if lean:
+            self.read.install(self._planes, None, st.sig, self._alpha_eff, shape=(1,) + st.shape)
+            return
         pair = self.mapping == "differential"
         var = self.physics.read_variance([st.gp, st.gn][:1 + pair], [st.gp0, st.gn0][:1 + pair], st.t_s,
                                          enabled=self.settings.read_noise)
@@ -194,14 +238,14 @@ class Crossbar:
         return gp - gn
 
     def _check_programmed(self):
-        if self.state is None:
+        if self._state is None:
             raise ShapeError("this crossbar is not programmed yet: call program(W) first")
 
     # ---- reading --------------------------------------------------------------------------------
     def mvm(self, X) -> np.ndarray:
         """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32."""
         self._check_programmed()
-        st = self.state
+        st = self._state
         X0 = X
         X = as_matrix("X", X, cols=st.n_in, check_finite=self._analog_io is False)
         self._stats["mvm_calls"] += 1
@@ -226,7 +270,7 @@ class Crossbar:
     def mvm_t(self, E) -> np.ndarray:
         """In-memory transposed product E @ W.T on the same devices: (batch, out) -> (batch, in)."""
         self._check_programmed()
-        st = self.state
+        st = self._state
         E0 = E
         E = as_matrix("E", E, cols=st.shape[1], check_finite=self._analog_io is False)
         self._stats["mvm_t_calls"] += 1
@@ -252,7 +296,7 @@ class Crossbar:
         self._check_programmed()
         if self.adc_bits is None or self.adc_range != "calibrated":
             return self
-        st = self.state
+        st = self._state
         X = as_matrix("X", X, cols=st.n_in)
         if X.shape[0] == 0:
             raise ShapeError("X: the calibration batch is empty")
@@ -321,11 +365,11 @@ class Crossbar:
     @property
     def t_s(self) -> float | None:
         """Seconds since programming of the state being read (None: as programmed)."""
-        return None if self.state is None else self.state.t_s
+        return None if self._state is None else self._state.t_s
 
     @property
     def drift_compensation(self) -> float:
-        return 1.0 if self.state is None else self.state.drift_compensation
+        return 1.0 if self._state is None else self._state.drift_compensation
 
     def at(self, seconds: float, compensate: bool | str = False) -> Crossbar:
         """A copy read `seconds` after programming: each device drifts by its drift model.
@@ -339,12 +383,7 @@ class Crossbar:
         of the copy's own). See :func:`xbar.tile.drift.drifted_copy`.
         """
         self._check_programmed()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-                or seconds <= 0:
-            raise ConfigError(f"seconds = {seconds!r}: expected a finite time > 0 after programming")
-        if compensate not in (False, True, "exact", "read"):
-            raise ConfigError(f"compensate = {compensate!r}: expected False, True ('exact') or 'read'")
-        new = drifted_copy(self, float(seconds), compensate)
+        new = drifted_copy(self, check_drift_args(seconds, compensate), compensate)
         new._install()
         return new
 
@@ -355,12 +394,7 @@ class Crossbar:
         copy recalibrates its ADC ranges on its first read and draws read noise from its own stream.
         """
         self._check_programmed()
-        sd = self.state_dict()
-        sd["settings"].update(ir_drop=ir_drop, r_wire_ohm=float(r_wire_ohm))
-        sd["arrays"] = {k: v for k, v in sd["arrays"].items() if not k.startswith("adc_fs/")}
-        sd["streams"]["read_stream"] = int(krng.stream_key(np.uint64(self.read.stream),
-                                                           np.uint64(2 ** 60 + self.read.reads))) >> 1
-        return Crossbar.from_state_dict(sd, device=self.device)
+        return Crossbar.from_state_dict(rewired(self.state_dict(), ir_drop, r_wire_ohm), device=self.device)
 
     @property
     def analog_io(self) -> bool:
@@ -388,15 +422,7 @@ class Crossbar:
     def stats(self) -> dict[str, Any]:
         """Hardware and activity counters: tiles, devices, utilization, conversions, clipping."""
         self._check_programmed()
-        st = self.state
-        s = dict(self._stats)
-        s.update(hardware_counts(st, self.tile, self.read.nrt, self.read.nct, self.mapping == "differential"))
-        s.update({"reads": self.read.reads, "t_s": st.t_s, "drift_compensation": st.drift_compensation})
-        p = self.physics.persist or {}
-        if p.get("stuck") is not None:
-            s["stuck_on"] = int(np.sum(p["stuck"] == 1))
-            s["stuck_off"] = int(np.sum(p["stuck"] == -1))
-        return s
+        return crossbar_stats(self._state, self.settings, self.read, self.physics, self._stats)
 
     # ---- saving and loading ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -414,17 +440,11 @@ class Crossbar:
         """The inverse of :meth:`state_dict`: a crossbar that reads exactly as the saved one would."""
         device, settings, arrays = unpack_header(sd, device)
         xb = cls(device, **settings)
-        xb.state = ArrayState.from_dict(sd["state"], arrays["state"])
-        xb.physics.persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None, **arrays["persist"]}
-        xb.physics.rng.bit_generator.state = sd["streams"]["program_rng"]
-        xb.read.adc_fs = {way: arrays["adc_fs"].get(way) for way in ("fwd", "bwd")}
-        xb.read.stream, xb.read.reads = int(sd["streams"]["read_stream"]), int(sd["streams"]["reads"])
-        xb._stats.clear()
-        xb._stats.update(sd["stats"])
+        xb.state = restore(sd, arrays, xb.physics, xb.read, xb._stats)
         xb._install()
         return xb
 
     def __repr__(self) -> str:
-        shape = "unprogrammed" if self.state is None else f"{self.state.n_in}x{self.state.shape[1]}"
+        shape = "unprogrammed" if self._state is None else f"{self._state.n_in}x{self._state.shape[1]}"
         return (f"Crossbar({self.device.name} {self.device.summary()}, {shape}, tile={self.tile}, "
                 f"{self.mapping}, adc_bits={self.adc_bits}, dac_bits={self.dac_bits})")

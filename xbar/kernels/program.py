@@ -19,10 +19,12 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp
     lo, hi, step: (out,) float64 column range and code step; dstep: device step per code unit;
     lvl: spacing of the device levels; n_levels: number of levels. Also writes what a read needs,
     in the same pass: gd = gp - gn, g32 = float32(gd) and w32 = float32(gd * alpha) (alpha: the
-    column gain, (out,)), exactly as the read path would derive them.
+    column gain, (out,)), exactly as the read path would derive them. With gp, gn and gd of size
+    0 only g32 and w32 are written (a lean programming: the read arrays alone).
     """
     rows, out = W.shape
     clipped = 0
+    full = gd.size > 0
     top = np.float64(n_levels - 1)
     for i in range(rows):
         # min/max clip as the comparisons did: W holds no NaN (as_matrix refuses it)
@@ -38,10 +40,11 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp
             pos = k >= 0
             a = g if pos else g_min
             c = g_min if pos else g
-            gp[i, j] = a
-            gn[i, j] = c
             dif = a - c
-            gd[i, j] = dif
+            if full:
+                gp[i, j] = a
+                gn[i, j] = c
+                gd[i, j] = dif
             g32[i, j] = np.float32(dif)
             w32[i, j] = np.float32(dif * alpha[j])
     return clipped
@@ -55,10 +58,12 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
     float64 operations: clip to the column range, q = round(...), code k (asymm: 2q - nq), target
     g_min + |k| dstep, snapped to the device's uniform levels when `snap` (spacing lvl, top index
     `top`), split over G+/G- by the sign of k. Degenerate columns (hi == lo) get k = 0.
-    Returns the number of clipped weights.
+    Returns the number of clipped weights. With gp, gn and gd of size 0 only g32 and w32 are
+    written (as in program_differential).
     """
     rows, out = W.shape
     clipped = 0
+    full = gd.size > 0
     for i in range(rows):
         for j in range(out):
             w = np.float64(W[i, j])
@@ -81,14 +86,13 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
                 idx = np.round((g - g_min) / lvl)
                 idx = min(max(idx, 0.0), top)
                 g = g_min + idx * lvl
-            if k >= 0:
-                gp[i, j] = g
-                gn[i, j] = g_min
-            else:
-                gp[i, j] = g_min
-                gn[i, j] = g
-            dif = gp[i, j] - gn[i, j]
-            gd[i, j] = dif
+            a = g if k >= 0 else g_min
+            c = g_min if k >= 0 else g
+            dif = a - c
+            if full:
+                gp[i, j] = a
+                gn[i, j] = c
+                gd[i, j] = dif
             g32[i, j] = np.float32(dif)
             w32[i, j] = np.float32(dif * alpha[j])
     return clipped

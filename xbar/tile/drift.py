@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..kernels import rng as krng
 from .read import summed_column_read
+
+
+def check_drift_args(seconds, compensate) -> float:
+    """Crossbar.at's arguments checked (one ConfigError line each); returns seconds as a float."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
+        raise ConfigError(f"seconds = {seconds!r}: expected a finite time > 0 after programming")
+    if compensate not in (False, True, "exact", "read"):
+        raise ConfigError(f"compensate = {compensate!r}: expected False, True ('exact') or 'read'")
+    return float(seconds)
 
 
 def drifted_copy(xb, seconds: float, compensate: bool | str):

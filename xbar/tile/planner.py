@@ -33,11 +33,16 @@ class Planner:
         # forward weights), valid only when the write is exact: {"gd", "g32", "w_fwd32"} or None.
         self.fresh: dict[str, np.ndarray] | None = None
 
-    def plan(self, W: np.ndarray) -> mp.Planes:
-        """Target planes for W (rows, out) (the bias row already stacked when bias is "row")."""
+    def plan(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
+        """Target planes for W (rows, out) (the bias row already stacked when bias is "row").
+
+        lean (fused planners only, one replica): the kernel writes only the float32 read arrays
+        (``fresh["g32"]``, ``fresh["w_fwd32"]``); the planes' gp and gn are None. A later plan of
+        the same W (lean False) gives the planes, the same values a full plan gives.
+        """
         self.fresh = None
         if self.fused:
-            planes = self._fused_quant(W) if self.s.quant is not None else self._fused(W)
+            planes = self._fused_quant(W, lean) if self.s.quant is not None else self._fused(W, lean)
         else:
             s, levels = self.s, self.levels
             codes = mp.weights_to_codes(W, levels_per_plane=None if levels is None else len(levels),
@@ -56,7 +61,18 @@ class Planner:
         return mp.Planes(np.repeat(planes.gp, R, axis=0), np.repeat(planes.gn, R, axis=0), np.ones(R),
                          planes.alpha / R, planes.beta, planes.clipped)
 
-    def _fused(self, W: np.ndarray) -> mp.Planes:
+    @staticmethod
+    def _buffers(shape: tuple[int, int], lean: bool):
+        """The fused kernels' outputs: gp, gn (1, rows, out), gd (rows, out) float64 (size 0 when
+        lean: not written), g32 and w32 (rows, out) float32."""
+        full = (0, 0) if lean else shape
+        return (np.empty((1,) + full), np.empty((1,) + full), np.empty(full), np.empty(shape, np.float32),
+                np.empty(shape, np.float32))
+
+    def _fresh(self, gd, g32, w32, lean: bool):
+        self.fresh = {"g32": g32, "w_fwd32": w32} if lean else {"gd": gd, "g32": g32, "w_fwd32": w32}
+
+    def _fused(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
         """Nearest device level on a differential pair, in one numba pass."""
         d, s = self.device, self.s
         if s.range == "local" and s.gain == "column" and W.dtype == np.float32:
@@ -73,17 +89,14 @@ class Planner:
         step = np.where(m > 0, m, 1.0) / k_max
         dstep = d.window_us / (L - 1)
         alpha = step / dstep
-        gp = np.empty((1,) + W.shape)
-        gn = np.empty((1,) + W.shape)
-        gd = np.empty(W.shape)
-        g32 = np.empty(W.shape, np.float32)
-        w32 = np.empty(W.shape, np.float32)
+        gp, gn, gd, g32, w32 = self._buffers(W.shape, lean)
         clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
                                        gd, g32, w32)
-        self.fresh = {"gd": gd, "g32": g32, "w_fwd32": w32}
-        return mp.Planes(gp, gn, np.ones(1), alpha, np.zeros_like(m), int(clipped))
+        self._fresh(gd, g32, w32, lean)
+        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros_like(m),
+                         int(clipped))
 
-    def _fused_quant(self, W: np.ndarray) -> mp.Planes:
+    def _fused_quant(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
         """The seed quantizers on a differential pair (analog or uniform device), in one pass."""
         d, s = self.device, self.s
         c = self._quant_consts
@@ -112,12 +125,8 @@ class Planner:
             if s.range == "global":
                 self._quant_consts = c     # a fixed range: the same constants every program
         lo, hi, nq, symm, dstep, lvl, top, snap, alpha, beta = c
-        gp = np.empty((1,) + W.shape)
-        gn = np.empty((1,) + W.shape)
-        gd = np.empty(W.shape)
-        g32 = np.empty(W.shape, np.float32)
-        w32 = np.empty(W.shape, np.float32)
+        gp, gn, gd, g32, w32 = self._buffers(W.shape, lean)
         clipped = program_quant_differential(W, lo, hi, nq, symm, dstep, d.g_min_us, lvl, top, snap, alpha,
                                              gp[0], gn[0], gd, g32, w32)
-        self.fresh = {"gd": gd, "g32": g32, "w_fwd32": w32}
-        return mp.Planes(gp, gn, np.ones(1), alpha, beta, int(clipped))
+        self._fresh(gd, g32, w32, lean)
+        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, beta, int(clipped))

@@ -48,20 +48,33 @@ class ReadPath:
         self.adc_fs: dict[str, np.ndarray | None] = {"fwd": None, "bwd": None}
         self.cache: dict[str, Any] = {}
 
-    def install(self, gd: np.ndarray, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray,
-                nl: tuple[np.ndarray, np.ndarray] | None = None, even: str = "odd") -> None:
+    def install(self, gd, var: np.ndarray | None, sig: np.ndarray, alpha_eff: np.ndarray,
+                nl: tuple[np.ndarray, np.ndarray] | None = None, even: str = "odd",
+                shape: tuple[int, int, int] | None = None) -> None:
         """Conductances to read from; the kernel-ready arrays derived from them are built on first use.
 
+        gd: G+ - G- (P, rows, out), or a function that builds it on first use (a lean programming,
+        which hands its float32 read arrays to the cache and `shape`, the (P, rows, out) of gd).
         nl: the read nonlinearity's (K2, K3) per device pair in µS (DeviceArray.iv_terms), or None
         for ohmic cells: a tile's current is then x @ G + e(x) @ K2 + x³ @ K3, e(x) = x|x| ("odd")
         or x² ("as-fitted"), on inputs x in [-1, 1] (the DAC's output, V = x v_read).
         """
-        self.gd, self.var, self.sig, self.alpha_eff = gd, var, sig, alpha_eff
+        self._gd = None if callable(gd) else gd
+        self._gd_build = gd if callable(gd) else None
+        self.var, self.sig, self.alpha_eff = var, sig, alpha_eff
         self.nl, self.even = nl, even
-        _, rows, out = gd.shape
+        self.shape = gd.shape if shape is None else shape
+        _, rows, out = self.shape
         R, C = self.s.tile
         self.nrt, self.nct = -(-rows // R), -(-out // C)
         self.cache = {}
+
+    @property
+    def gd(self) -> np.ndarray:
+        """G+ - G- (P, rows, out) in µS."""
+        if self._gd is None:
+            self._gd = self._gd_build()
+        return self._gd
 
     def cached(self, key: str, build):
         value = self.cache.get(key)
@@ -73,7 +86,7 @@ class ReadPath:
     def gsum(self) -> np.ndarray:
         """sum_p sig_p (G+ - G-): the analog weight before the digital gain, (rows, out)."""
         return self.cached("gsum", lambda: np.einsum("p,pio->io", self.sig, self.gd)
-                           if self.gd.shape[0] > 1 else self.gd[0])
+                           if self.shape[0] > 1 else self.gd[0])
 
     def vsum(self) -> np.ndarray:
         return self.cached("vsum", lambda: np.einsum("p,pio->io", self.sig ** 2, self.var))
@@ -149,11 +162,15 @@ class ReadPath:
     def fwd_stacks(self):
         """Per-tile stacks (P, n_row_tiles, tile_rows, out) of G+ - G- and of the read variance
         (None without read noise, or when it is uniform: see :meth:`var_uniform`)."""
-        return self.cached("fwd", lambda: (self._stack_fwd(self.gd), self._var_stack(self._stack_fwd)))
+        return self.cached("fwd", lambda: (self._stack_fwd(self._gd32()), self._var_stack(self._stack_fwd)))
 
     def bwd_stacks(self):
         """Transposed per-tile stacks (P, n_col_tiles, tile_cols, rows) for mvm_t (variance as in fwd_stacks)."""
-        return self.cached("bwd", lambda: (self._stack_bwd(self.gd), self._var_stack(self._stack_bwd)))
+        return self.cached("bwd", lambda: (self._stack_bwd(self._gd32()), self._var_stack(self._stack_bwd)))
+
+    def _gd32(self) -> np.ndarray:
+        """gd for the tile stacks, which hold it as float32: one plane's is g32 (the same values)."""
+        return self.g32[None] if self.shape[0] == 1 else self.gd
 
     def nl_stacks(self, way: str):
         """Per-tile stacks of the nonlinear terms' (K2, K3), laid out like fwd_stacks / bwd_stacks."""
@@ -200,14 +217,14 @@ class ReadPath:
                     sd = np.sqrt((xs * xs) @ v)
                 else:   # the same variance everywhere: sum of x² times a constant per output
                     c = float(np.dot(self.sig.astype(np.float64) ** 2, uniform))
-                    col = (c * self.alpha_eff ** 2 if way == "fwd" else np.full(self.gd.shape[1], c)).astype(np.float32)
+                    col = (c * self.alpha_eff ** 2 if way == "fwd" else np.full(self.shape[1], c)).astype(np.float32)
                     sd = np.sqrt(np.einsum("bi,bi->b", xs, xs)[:, None] * col[None, :])
                 self.reads += 1
                 fill = pick(krng.add_scaled_normals, krng.add_scaled_normals_serial, y.size)
                 fill(y, sd, np.uint64(self.stream), np.uint64(self.reads))
             return y
         if xs.shape[0] == 0:
-            return np.zeros((0, self.gd.shape[2] if way == "fwd" else self.gd.shape[1]), np.float32)
+            return np.zeros((0, self.shape[2] if way == "fwd" else self.shape[1]), np.float32)
         if self.nl is None and not self._adc_error_model() and self.adc_ready(way, xs.shape[0]):
             return self._read_by_tile(xs, way)
         M, V, post = self.tile_currents(xs, way)
@@ -226,10 +243,10 @@ class ReadPath:
         (a calibrated range calibrates on its first read)."""
         if self.s.adc_range != "calibrated":
             return True
-        n_t, n_out = (self.nrt, self.gd.shape[2]) if way == "fwd" else (self.nct, self.gd.shape[1])
+        n_t, n_out = (self.nrt, self.shape[2]) if way == "fwd" else (self.nct, self.shape[1])
         group = self.s.tile[1] if way == "fwd" else self.s.tile[0]
         fs = self.adc_fs[way]
-        return fs is not None and fs.shape == (self.gd.shape[0] * n_t, -(-n_out // group))
+        return fs is not None and fs.shape == (self.shape[0] * n_t, -(-n_out // group))
 
     def _read_by_tile(self, xs: np.ndarray, way: str) -> np.ndarray:
         """The read with each tile's products consumed at once (the same operations, tile by tile,
@@ -237,7 +254,7 @@ class ReadPath:
         B = xs.shape[0]
         g, v, post, size, n_t = self._tile_layout(way)
         n_out, n_in = g.shape[-1], xs.shape[1]
-        P = self.gd.shape[0]
+        P = self.shape[0]
         uniform = self.var_uniform()
         inv_step, step_post, qlo, qhi = self.adc_params_for(P * n_t, n_out, post, way)
         # two (B, n_out) buffers reused by every tile (and every read of this batch size)
@@ -302,7 +319,7 @@ class ReadPath:
         """(G stacks, variance stacks or None, digital gains post (T, N) float32, tile size, tiles
         per plane) of `way`."""
         R, C = self.s.tile
-        P = self.gd.shape[0]
+        P = self.shape[0]
         if way == "fwd":
             n_t, size, (g, v) = self.nrt, R, self.fwd_stacks()
             post = (self.sig[:, None, None] * self.alpha_eff[None, None, :]).repeat(n_t, axis=1)
@@ -316,7 +333,7 @@ class ReadPath:
         """Per-tile mean currents (T, B, N), variances (T, B, N), (T, B, 1) for one variance per
         row (additive noise), or None; and the digital gains post (T, N)."""
         B = xs.shape[0]
-        P = self.gd.shape[0]
+        P = self.shape[0]
         g, v, post, size, n_t = self._tile_layout(way)
         # Reused output buffers: fresh ones are page-faulted in again on every read (measured
         # ~2,000 faults and up to 2x the matmul time per call at 256x1024x1024).

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..kernels import rng as krng
+
 FORMAT = "xbar-crossbar"
 VERSION = 1
 ARRAYS = ("gp0", "gn0", "gp", "gn", "sig", "alpha", "beta", "b_digital", "mask", "nu")
@@ -88,9 +90,44 @@ def unpack_header(sd: dict, device=None):
     return device, settings, groups
 
 
+def rewired(sd: dict, ir_drop: str, r_wire_ohm: float) -> dict:
+    """A crossbar's state_dict read through other wires (Crossbar.with_wires): the ADC ranges are
+    left out (recalibrated on the first read) and the read noise gets a stream of its own."""
+    sd["settings"].update(ir_drop=ir_drop, r_wire_ohm=float(r_wire_ohm))
+    sd["arrays"] = {k: v for k, v in sd["arrays"].items() if not k.startswith("adc_fs/")}
+    streams = sd["streams"]
+    streams["read_stream"] = int(krng.stream_key(np.uint64(streams["read_stream"]),
+                                                 np.uint64(2 ** 60 + streams["reads"]))) >> 1
+    return sd
+
+
+def restore(sd: dict, arrays: dict, physics, read, stats: dict) -> ArrayState:
+    """The inverse of :func:`pack` on a crossbar's parts: sets the per-device draws, random
+    streams, ADC full scales and counters; returns the programmed state."""
+    physics.persist = {"gmin": None, "gmax": None, "stuck": None, "nu": None, **arrays["persist"]}
+    physics.rng.bit_generator.state = sd["streams"]["program_rng"]
+    read.adc_fs = {way: arrays["adc_fs"].get(way) for way in ("fwd", "bwd")}
+    read.stream, read.reads = int(sd["streams"]["read_stream"]), int(sd["streams"]["reads"])
+    stats.clear()
+    stats.update(sd["stats"])
+    return ArrayState.from_dict(sd["state"], arrays["state"])
+
+
+def crossbar_stats(st: ArrayState, settings, read, physics, counters: dict) -> dict:
+    """Crossbar.stats(): the activity counters, hardware counts, reads, time and stuck devices."""
+    s = dict(counters)
+    s.update(hardware_counts(st, settings.tile, read.nrt, read.nct, settings.mapping == "differential"))
+    s.update({"reads": read.reads, "t_s": st.t_s, "drift_compensation": st.drift_compensation})
+    p = physics.persist or {}
+    if p.get("stuck") is not None:
+        s["stuck_on"] = int(np.sum(p["stuck"] == 1))
+        s["stuck_off"] = int(np.sum(p["stuck"] == -1))
+    return s
+
+
 def hardware_counts(st: ArrayState, tile: tuple[int, int], nrt: int, nct: int, pair: bool) -> dict:
     """Tiles, cells, devices and utilization of a programmed state (pruned cells and empty tiles left out)."""
-    P, rows, out = st.gp.shape
+    P, (rows, out) = st.sig.shape[0], st.shape
     R, C = tile
     allocated = P * nrt * nct
     if st.mask is None:
