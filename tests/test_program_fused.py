@@ -153,12 +153,12 @@ def _lean_and_full(dev, **kw):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(range="local", gain="column"),
-    dict(range="global", gain="layer"),
-    dict(quant="asymm", range="local"),
-    dict(quant="symm", range="global"),
-    dict(quant="asymm", range="local", adc_bits=6, dac_bits=5, tile=(32, 16)),
-    dict(quant="symm", range="local", gain="column", adc_bits=8, adc_range="physical"),
+    {"range": "local", "gain": "column"},
+    {"range": "global", "gain": "layer"},
+    {"quant": "asymm", "range": "local"},
+    {"quant": "symm", "range": "global"},
+    {"quant": "asymm", "range": "local", "adc_bits": 6, "dac_bits": 5, "tile": (32, 16)},
+    {"quant": "symm", "range": "local", "gain": "column", "adc_bits": 8, "adc_range": "physical"},
 ])
 def test_lean_reprogramming_reads_and_reports_as_a_full_one(kw):
     # After the first programming, an exact device without read noise reprograms only the read

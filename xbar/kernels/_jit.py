@@ -29,6 +29,7 @@ njit_inline = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, inline="alwa
 # Kernels that must match a numpy reference bit for bit (no contraction, no reciprocal tricks).
 njit_exact = numba.njit(cache=True, nogil=True, error_model="numpy")
 njit_exact_parallel = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+njit_exact_inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 
 
 # The one cut-off between a kernel's serial and parallel compilation: below this many output values

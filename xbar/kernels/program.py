@@ -9,45 +9,108 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit_exact
+from ._jit import njit_exact, njit_exact_inline
 
+
+@njit_exact_inline
+def level_cell(w0, lo, hi, step, dstep, g_min, lvl, top):
+    """(G+, G-) of one float64 weight on uniform levels (program_differential's cell): clip to
+    [lo, hi], code k = w / step, target g_min + |k| dstep snapped to the levels (spacing lvl, top
+    index `top`), on G+ for k >= 0 else on G-."""
+    w = min(max(w0, lo), hi)
+    k = w / step
+    g_on = g_min + abs(k) * dstep
+    idx = np.rint((g_on - g_min) / lvl)
+    idx = min(max(idx, 0.0), top)
+    g = g_min + idx * lvl
+    pos = k >= 0
+    return (g if pos else g_min), (g_min if pos else g)
+
+
+@njit_exact_inline
+def quant_cell(w, lo, hi, nq, symm, dstep, g_min, lvl, top, snap):
+    """(G+, G-, clipped 0/1) of one float64 weight under the seed quantizers (program_quant_differential's
+    cell): clip to [lo, hi], q = round(...), code k (asymm: 2q - nq), target g_min + |k| dstep
+    (snapped to uniform levels when `snap`), on G+ for k >= 0 else on G-. A degenerate column
+    (hi == lo) gets k = 0."""
+    clip = 0
+    if w < lo:
+        w = lo
+        clip = 1
+    elif w > hi:
+        w = hi
+        clip = 1
+    span = hi - lo
+    if span == 0.0:
+        k = 0.0
+    elif symm:
+        m = hi if hi > 0 else 1.0
+        k = np.round(w * nq / m)
+    else:
+        k = 2.0 * np.round((w - lo) * nq / span) - nq
+    g = g_min + abs(k) * dstep
+    if snap:
+        idx = np.round((g - g_min) / lvl)
+        idx = min(max(idx, 0.0), top)
+        g = g_min + idx * lvl
+    return (g if k >= 0 else g_min), (g_min if k >= 0 else g), clip
+
+
+# Each kernel has two loops, with and without the float64 planes: a store under a branch inside
+# the loop kept the quantizer's loop from vectorizing (measured 8x slower).
 
 @njit_exact
 def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp, gn, gd, g32, w32):
     """W (rows, out) float32 -> gp, gn (rows, out) float64 conductances; returns clipped count.
 
-    lo, hi, step: (out,) float64 column range and code step; dstep: device step per code unit;
-    lvl: spacing of the device levels; n_levels: number of levels. Also writes what a read needs,
-    in the same pass: gd = gp - gn, g32 = float32(gd) and w32 = float32(gd * alpha) (alpha: the
-    column gain, (out,)), exactly as the read path would derive them. With gp, gn and gd of size
-    0 only g32 and w32 are written (a lean programming: the read arrays alone).
+    lo, hi, step: (out,) column range and code step; dstep: device step per code unit; lvl:
+    spacing of the device levels; n_levels: number of levels. Also writes what a read needs, in
+    the same pass: gd = gp - gn, g32 = float32(gd) and w32 = float32(gd * alpha) (alpha: the column
+    gain, (out,)), exactly as the read path would derive them. With gp, gn and gd of size 0 only
+    g32 and w32 are written (a lean programming: the read arrays alone). W holds no NaN
+    (programming refuses it first).
     """
     rows, out = W.shape
     clipped = 0
-    full = gd.size > 0
     top = np.float64(n_levels - 1)
-    for i in range(rows):
-        # min/max clip as the comparisons did: W holds no NaN (as_matrix refuses it)
-        for j in range(out):
-            w0 = np.float64(W[i, j])
-            clipped += (w0 < lo[j]) | (w0 > hi[j])
-            w = min(max(w0, lo[j]), hi[j])
-            k = w / step[j]
-            g_on = g_min + abs(k) * dstep
-            idx = np.rint((g_on - g_min) / lvl)
-            idx = min(max(idx, 0.0), top)
-            g = g_min + idx * lvl
-            pos = k >= 0
-            a = g if pos else g_min
-            c = g_min if pos else g
-            dif = a - c
-            if full:
+    if gd.size > 0:
+        for i in range(rows):
+            for j in range(out):
+                w0 = np.float64(W[i, j])
+                clipped += (w0 < lo[j]) | (w0 > hi[j])
+                a, c = level_cell(w0, lo[j], hi[j], step[j], dstep, g_min, lvl, top)
+                dif = a - c
                 gp[i, j] = a
                 gn[i, j] = c
                 gd[i, j] = dif
-            g32[i, j] = np.float32(dif)
-            w32[i, j] = np.float32(dif * alpha[j])
+                g32[i, j] = np.float32(dif)
+                w32[i, j] = np.float32(dif * alpha[j])
+    else:
+        for i in range(rows):
+            for j in range(out):
+                w0 = np.float64(W[i, j])
+                clipped += (w0 < lo[j]) | (w0 > hi[j])
+                a, c = level_cell(w0, lo[j], hi[j], step[j], dstep, g_min, lvl, top)
+                dif = a - c
+                g32[i, j] = np.float32(dif)
+                w32[i, j] = np.float32(dif * alpha[j])
     return clipped
+
+
+@njit_exact
+def program_local_column(W, k_max, dstep, g_min, lvl, n_levels, lo, hi, step, alpha, gp, gn, gd, g32, w32):
+    """program_differential under range "local", gain "column", with the column constants
+    computed here as the planner's numpy did (float64 lo, hi, step and alpha, written): hi = max|w|
+    per column, lo = -hi, step = (hi, or 1 where 0) / k_max, alpha = step / dstep."""
+    m = np.empty(W.shape[1], np.float32)
+    col_abs_max(W, m)
+    for j in range(m.shape[0]):
+        h = np.float64(m[j])
+        hi[j] = h
+        lo[j] = -h
+        step[j] = (h if h > 0 else 1.0) / k_max
+        alpha[j] = step[j] / dstep
+    return program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp, gn, gd, g32, w32)
 
 
 @njit_exact
@@ -55,48 +118,32 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
     """The seed quantizers (asymm / symm) on a differential pair, one slice, in one pass.
 
     Computes what `weights_to_codes(quant=...)` + `codes_to_planes` compute, in the same order of
-    float64 operations: clip to the column range, q = round(...), code k (asymm: 2q - nq), target
-    g_min + |k| dstep, snapped to the device's uniform levels when `snap` (spacing lvl, top index
-    `top`), split over G+/G- by the sign of k. Degenerate columns (hi == lo) get k = 0.
-    Returns the number of clipped weights. With gp, gn and gd of size 0 only g32 and w32 are
-    written (as in program_differential).
+    float64 operations (:func:`quant_cell`). Writes gp, gn, gd, g32 and w32 as
+    program_differential does (gp, gn and gd of size 0: the read arrays alone). Returns the
+    number of clipped weights.
     """
     rows, out = W.shape
     clipped = 0
-    full = gd.size > 0
-    for i in range(rows):
-        for j in range(out):
-            w = np.float64(W[i, j])
-            if w < lo[j]:
-                w = lo[j]
-                clipped += 1
-            elif w > hi[j]:
-                w = hi[j]
-                clipped += 1
-            span = hi[j] - lo[j]
-            if span == 0.0:
-                k = 0.0
-            elif symm:
-                m = hi[j] if hi[j] > 0 else 1.0
-                k = np.round(w * nq / m)
-            else:
-                k = 2.0 * np.round((w - lo[j]) * nq / span) - nq
-            g = g_min + abs(k) * dstep
-            if snap:
-                idx = np.round((g - g_min) / lvl)
-                idx = min(max(idx, 0.0), top)
-                g = g_min + idx * lvl
-            a = g if k >= 0 else g_min
-            c = g_min if k >= 0 else g
-            dif = a - c
-            if full:
+    if gd.size > 0:
+        for i in range(rows):
+            for j in range(out):
+                a, c, cl = quant_cell(np.float64(W[i, j]), lo[j], hi[j], nq, symm, dstep, g_min, lvl, top, snap)
+                clipped += cl
+                dif = a - c
                 gp[i, j] = a
                 gn[i, j] = c
                 gd[i, j] = dif
-            g32[i, j] = np.float32(dif)
-            w32[i, j] = np.float32(dif * alpha[j])
+                g32[i, j] = np.float32(dif)
+                w32[i, j] = np.float32(dif * alpha[j])
+    else:
+        for i in range(rows):
+            for j in range(out):
+                a, c, cl = quant_cell(np.float64(W[i, j]), lo[j], hi[j], nq, symm, dstep, g_min, lvl, top, snap)
+                clipped += cl
+                dif = a - c
+                g32[i, j] = np.float32(dif)
+                w32[i, j] = np.float32(dif * alpha[j])
     return clipped
-
 
 
 @njit_exact

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._jit import njit_exact
 from .optim import adadelta_step
+from .program import quant_cell
 
 
 @njit_exact
@@ -143,30 +144,10 @@ def _code_value(q, qlo, qhi, n, symm):
 
 @njit_exact
 def _program_value(wv, plo, phi, nq, symm, gm, dstep, lvl, top, snap):
-    """The planner's net conductance G+ - G- for one float64 weight (program_quant_differential's
-    cell, same operations) and whether it was clipped."""
-    w = wv
-    clip = 0
-    if w < plo:
-        w = plo
-        clip = 1
-    elif w > phi:
-        w = phi
-        clip = 1
-    span = phi - plo
-    if span == 0.0:
-        c = 0.0
-    elif symm:
-        mm = phi if phi > 0 else 1.0
-        c = np.round(w * nq / mm)
-    else:
-        c = 2.0 * np.round((w - plo) * nq / span) - nq
-    g = gm + abs(c) * dstep
-    if snap:
-        idx = np.round((g - gm) / lvl)
-        idx = min(max(idx, 0.0), top)
-        g = gm + idx * lvl
-    return (g - gm if c >= 0 else gm - g), clip
+    """The planner's net conductance G+ - G- for one float64 weight and whether it was clipped
+    (program_quant_differential's cell, the same operations)."""
+    a, c, clip = quant_cell(wv, plo, phi, nq, symm, dstep, gm, lvl, top, snap)
+    return a - c, clip
 
 
 @njit_exact

@@ -12,7 +12,7 @@ import numpy as np
 from .. import mapping as mp
 from ..device import Device
 from ..errors import ConfigError
-from ..kernels.program import col_abs_max, program_differential, program_quant_differential
+from ..kernels.program import program_differential, program_local_column, program_quant_differential
 from .settings import Settings
 
 
@@ -75,25 +75,24 @@ class Planner:
     def _fused(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
         """Nearest device level on a differential pair, in one numba pass."""
         d, s = self.device, self.s
-        if s.range == "local" and s.gain == "column" and W.dtype == np.float32:
-            # max|w| per column in one pass: what _col_ranges' min, max and abs give for a symmetric range
-            m = np.empty(W.shape[1], np.float32)
-            col_abs_max(W, m)
-            hi = m.astype(np.float64)
-            lo = -hi
-        else:
-            lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, True)
         L = len(self.levels)
         k_max = float(L - 1)
-        m = hi
-        step = np.where(m > 0, m, 1.0) / k_max
         dstep = d.window_us / (L - 1)
-        alpha = step / dstep
         gp, gn, gd, g32, w32 = self._buffers(W.shape, lean)
-        clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
-                                       gd, g32, w32)
+        if s.range == "local" and s.gain == "column" and W.dtype == np.float32:
+            # max|w| per column and the column constants in the kernel: what _col_ranges' min, max
+            # and abs and the numpy below give for a symmetric range
+            lo, hi, step, alpha = (np.empty(W.shape[1]) for _ in range(4))
+            clipped = program_local_column(W, k_max, dstep, d.g_min_us, dstep, L, lo, hi, step, alpha,
+                                           gp[0], gn[0], gd, g32, w32)
+        else:
+            lo, hi = mp._col_ranges(W, s.range, s.gain, s.w_range, True)
+            step = np.where(hi > 0, hi, 1.0) / k_max
+            alpha = step / dstep
+            clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
+                                           gd, g32, w32)
         self._fresh(gd, g32, w32, lean)
-        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros_like(m),
+        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros(W.shape[1]),
                          int(clipped))
 
     def _fused_quant(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
