@@ -51,6 +51,7 @@ def compiled():
 GEOMS = [  # (B, H, W, C, kernel, stride, padding): 1x1, batch 1, non-square, strides, padding
     (1, 1, 1, 1, 1, 1, 0), (2, 7, 5, 3, 3, 2, 1), (3, 6, 6, 2, 5, 1, 2), (2, 9, 4, 5, 2, 3, 0),
     (1, 5, 8, 1, 3, 1, 1), (4, 4, 4, 7, 4, 1, 0),
+    (2, 28, 28, 1, 5, 1, 2), (2, 6, 7, 6, 3, 2, 1),   # lenet5's first layer; long runs with padding
 ]
 
 

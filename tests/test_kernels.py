@@ -269,3 +269,37 @@ def test_tile_kernel_one_variance_per_row_equals_the_full_variance():
     a, _ = run_kernel(M, Vrow, inv_step, step_post, qlo, qhi, post, 8, 1)
     b, _ = run_kernel(M, full, inv_step, step_post, qlo, qhi, post, 8, 1)
     assert a.tobytes() == b.tobytes()
+
+
+def test_column_sums_kernel_has_numpys_bits():
+    # a convolution's bias gradient: numpy's axis-0 sum of a tall, narrow float32 matrix, the same
+    # bits (rows added in order onto zeros; signed zeros, NaN and inf); one column stays numpy's
+    from xbar.kernels.reduce import sum_rows
+    r = np.random.default_rng(1)
+    for t in range(120):
+        n, m = int(r.integers(1, 70000 if t % 10 == 0 else 300)), int(r.choice([1, 2, 3, 6, 16, 17, 120]))
+        d = (r.standard_normal((n, m)) * r.choice([1e-3, 1.0, 1e6])).astype(np.float32)
+        if t % 4 == 0:
+            d[:, 0] = -0.0
+        if t % 7 == 0:
+            d[r.integers(n), r.integers(m)] = r.choice([np.nan, np.inf, -np.inf])
+        assert sum_rows(d).tobytes() == d.sum(axis=0).tobytes(), (n, m)
+    f = np.ones((5, 4), np.float64)
+    assert sum_rows(f).dtype == np.float64 and np.array_equal(sum_rows(f), f.sum(axis=0))
+
+
+def test_undo_scale_kernel_has_numpys_bits():
+    # the DAC's per-row scale undone and the digital bias added in one pass: numpy's y *= scale;
+    # y += b, bit for bit (a fixed scalar range stays numpy's)
+    from xbar.kernels.mvm import undo_dac
+    r = np.random.default_rng(2)
+    for n, m in [(1, 1), (7, 3), (50176, 6), (300, 130)]:
+        y = (r.standard_normal((n, m)) * 1e3).astype(np.float32)
+        s = np.abs(r.standard_normal((n, 1))).astype(np.float32)
+        b = r.standard_normal(m).astype(np.float32)
+        for bias in (None, b):
+            ref = y * s
+            if bias is not None:
+                ref += bias[None, :]
+            assert undo_dac(y.copy(), s, bias).tobytes() == ref.tobytes()
+        assert np.array_equal(undo_dac(y.copy(), np.float32(2.5), b), y * np.float32(2.5) + b[None, :])

@@ -25,6 +25,7 @@ import numpy as np
 
 from .device import Device
 from .errors import ConfigError, ShapeError
+from .kernels.mvm import undo_dac
 from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
 from .tile.drift import check_drift_args, drifted_copy
 from .tile.physics import DeviceArray, is_active
@@ -253,12 +254,11 @@ class Crossbar:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
         if self._analog_io:
             y = self.read.read(X, "fwd")   # no DAC, no ADC: input scaling would cancel out exactly
+            if st.b_digital is not None:
+                y += st.b_digital[None, :]
         else:
             xs, scale = self.read.dac(X)
-            y = self.read.read(xs, "fwd")
-            y *= scale
-        if st.b_digital is not None:
-            y += st.b_digital[None, :]
+            y = undo_dac(self.read.read(xs, "fwd"), scale, st.b_digital)
         if self._beta32 is not None:
             # the digital offset belongs to the cells in use only
             xs = X.sum(axis=1, keepdims=True) if self._mask32 is None else X @ self._mask32
@@ -281,8 +281,7 @@ class Crossbar:
                 raise_nonfinite("E", E0, as_matrix("E", E0, cols=st.shape[1], check_finite=False))
         else:
             es, scale = self.read.dac(Ea)
-            y = self.read.read(es, "bwd")
-            y *= scale
+            y = undo_dac(self.read.read(es, "bwd"), scale)
         if self._beta32 is not None:
             y += (E @ self._beta32)[:, None] if self._mask32 is None else (E * self._beta32) @ self._mask32.T
         return y[:, :st.n_in] if st.has_bias_row else y

@@ -26,12 +26,17 @@ def _im2col(x, kh, kw, stride, pad, oh, ow, cols):
     """x (B, H, W, C) -> cols (B*oh*ow, kh*kw*C), overwritten; padded positions get 0.
 
     Inside the input a patch row (kernel row i) is kw*C contiguous values of x, copied as one
-    run; only patches that overlap the padding go value by value.
+    run; only patches that overlap the padding go value by value. Runs shorter than 16 values (a
+    first convolution's few channels) go column by column from the input row, padded once into a
+    buffer: the run's loop overhead cost more than the copy (1.9 -> 1.1 ms for 64 28x28 images,
+    5x5, padding 2).
     """
     B, H, W, C = x.shape
     x3 = x.reshape(B, H, W * C)
     kwc = kw * C
+    sc = stride * C
     for b in prange(B):
+        row = np.zeros((W + 2 * pad) * C, np.float32)
         for p in range(oh):
             r0 = (b * oh + p) * ow
             for i in range(kh):
@@ -41,6 +46,13 @@ def _im2col(x, kh, kw, stride, pad, oh, ow, cols):
                     for q in range(ow):
                         for t in range(kwc):
                             cols[r0 + q, base + t] = 0.0
+                    continue
+                if kwc < 16:
+                    for t in range(W * C):
+                        row[pad * C + t] = x3[b, h, t]
+                    for t in range(kwc):
+                        for q in range(ow):
+                            cols[r0 + q, base + t] = row[q * sc + t]
                     continue
                 for q in range(ow):
                     w0 = q * stride - pad

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import njit, njit_parallel, serial_twin
+from ._jit import njit, njit_exact, njit_parallel, serial_twin
 from .rng import CHUNK, fill_normals, scratch
 
 FLAT_N = 32   # below this many outputs a work item runs as flat loops over its rows
@@ -187,3 +187,36 @@ def _dac_dynamic(X, xs, scale):
 
 dac_dynamic = njit_parallel(_dac_dynamic)
 dac_dynamic_serial = njit(serial_twin(_dac_dynamic))
+
+
+@njit_exact
+def undo_scale(y, scale, b):
+    """y[i, j] = y[i, j] * scale[i, 0], then + b[j] when b has entries: the DAC's per-row scale
+    undone and the digital bias added in one pass, with numpy's two roundings (``y *= scale;
+    y += b``). numpy's broadcast multiply costs a loop call per row: 0.44 ms for a (50176, 6) read."""
+    if b.shape[0]:
+        for i in range(y.shape[0]):
+            s = scale[i, 0]
+            for j in range(y.shape[1]):
+                v = y[i, j] * s
+                y[i, j] = v + b[j]
+    else:
+        for i in range(y.shape[0]):
+            s = scale[i, 0]
+            for j in range(y.shape[1]):
+                y[i, j] = y[i, j] * s
+
+
+_NO_B = np.zeros(0, dtype=np.float32)
+
+
+def undo_dac(y: np.ndarray, scale, b: np.ndarray | None = None) -> np.ndarray:
+    """y * scale (the DAC's scale undone digitally), then + b (a digital bias), in place: by
+    :func:`undo_scale` for a per-row float32 scale, else by numpy."""
+    if isinstance(scale, np.ndarray) and y.dtype == np.float32 and (b is None or b.dtype == np.float32):
+        undo_scale(y, scale, _NO_B if b is None else b)
+        return y
+    y *= scale
+    if b is not None:
+        y += b[None, :]
+    return y

@@ -13,6 +13,7 @@ from ..config import (
     suggest,
 )
 from ..errors import ConfigError, ShapeError
+from ..kernels.reduce import sum_rows
 from .functions import ACTIVATIONS, binarize, binary_grad
 
 WEIGHTS = ("real", "binary")
@@ -308,7 +309,7 @@ class CrossbarLayer:
             dW = binary_grad(self.W, dW, self.scale)
         if self.mask is not None:
             dW *= self.mask
-        out = [dW] if self.b is None else [dW, delta.sum(axis=0)]
+        out = [dW] if self.b is None else [dW, sum_rows(delta)]
         if self.bn is not None:
             if cache.bn_grads is None:
                 raise ShapeError(f"{self!r}: call local_delta before grads (the batch norm's gradients "
