@@ -126,9 +126,12 @@ def xbar_trainer(pair: str, impl: str = "xbar"):
 
 
 def xbar_epoch(tr, X, y, perm):
-    for s in range(0, len(perm), BATCH):
-        idx = perm[s:s + BATCH]
-        tr.step(X[idx], y[idx])
+    from xbar.kernels import serial_kernels
+
+    with serial_kernels():   # as Trainer.run_epoch runs its steps
+        for s in range(0, len(perm), BATCH):
+            idx = perm[s:s + BATCH]
+            tr.step(X[idx], y[idx])
 
 
 def torch_epoch(model, Xt, yt, perm_t):

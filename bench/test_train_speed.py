@@ -71,10 +71,14 @@ def xbar_trainer(pair: str):
 
 
 def xbar_epoch(tr, X, y, perm):
-    """One epoch of Trainer.step over the batches of `perm` (what xbar.train times per epoch)."""
-    for s in range(0, len(perm), BATCH):
-        idx = perm[s:s + BATCH]
-        tr.step(X[idx], y[idx])
+    """One epoch of Trainer.step over the batches of `perm` (what xbar.train times per epoch), with
+    numba's kernels on one thread as Trainer.run_epoch runs them."""
+    from xbar.kernels import serial_kernels
+
+    with serial_kernels():
+        for s in range(0, len(perm), BATCH):
+            idx = perm[s:s + BATCH]
+            tr.step(X[idx], y[idx])
 
 
 class TorchMLP:

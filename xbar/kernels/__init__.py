@@ -4,6 +4,6 @@ The callers (:mod:`xbar.tile.read`, :mod:`xbar.nn.ops`, the update schemes) vali
 and shape before calling in, and choose a kernel's serial or parallel compilation with :func:`pick`.
 """
 
-from ._jit import PARALLEL_MIN, pick
+from ._jit import PARALLEL_MIN, pick, serial_kernels
 
-__all__ = ["PARALLEL_MIN", "pick"]
+__all__ = ["PARALLEL_MIN", "pick", "serial_kernels"]

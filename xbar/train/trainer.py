@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShapeError
+from ..kernels import serial_kernels
 from ..nn import Network, NetworkSpec, loss_and_error
 from .config import TrainConfig
 from .optim import StepLR, make_optimizer
@@ -186,13 +187,14 @@ class Trainer:
             self.calibrate(X[perm[:max(bs, 256)]])
         loss, steps, correct = 0.0, 0, 0
         try:
-            for s in range(0, n, bs):
-                idx = perm[s:s + bs]
-                loss += self.step(X[idx], y[idx])
-                correct += self.last_correct
-                steps += 1
-                if max_steps is not None and steps >= max_steps:
-                    break
+            with serial_kernels():   # BLAS takes the cores (see serial_kernels)
+                for s in range(0, n, bs):
+                    idx = perm[s:s + bs]
+                    loss += self.step(X[idx], y[idx])
+                    correct += self.last_correct
+                    steps += 1
+                    if max_steps is not None and steps >= max_steps:
+                        break
         except Diverged as exc:
             exc.epoch, exc.step, exc.seconds = epoch, steps + 1, time.perf_counter() - t0
             raise
