@@ -5,6 +5,7 @@ Run (one core, as sweep workers do)::
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python -m pytest bench/test_stack_speed.py --benchmark-only -q
     python bench/test_stack_speed.py bp mlp-100x2 1 7,14,28     # whole runs: train_many vs train, per K
+    python bench/test_stack_speed.py bp mlp-100x2 1 20 qat-noise   # read noise x bits, qat on rram-4bit
 
 The workload: Fashion-MNIST (skipped when its files are missing), the seed recipe (nearest
 rounding, Adadelta, batch 64) on the ideal device, the seed study's variants of one rule and
@@ -28,13 +29,20 @@ from _benchlib import tune_allocator
 
 STEPS = int(os.environ.get("XBAR_BENCH_STEPS", "100"))
 WARMUP = 5
-CASES = [("bp", "mlp-4", 28), ("bp", "mlp-100x2", 7), ("bp", "mlp-100x2", 28), ("sg", "mlp-20x6", 28)]
+CASES = [("bp", "mlp-4", 28, "seed"), ("bp", "mlp-100x2", 7, "seed"), ("bp", "mlp-100x2", 28, "seed"),
+         ("sg", "mlp-20x6", 28, "seed"), ("bp", "mlp-100x2", 20, "qat-noise"), ("bp", "mlp-4", 20, "qat-noise")]
 
 TUNED = tune_allocator()
 
 
-def configs(rule: str, network: str, K: int, epochs: int = 1):
+def configs(rule: str, network: str, K: int, epochs: int = 1, workload: str = "seed"):
+    """The first K variants of a workload: "seed" (above) or "qat-noise", qat on rram-4bit with
+    read_noise_rel 0, 1, 2, 5, 10 % x bits 1-4 (each variant on its own crossbars in the stack)."""
     from xbar.train import TrainConfig
+    if workload == "qat-noise":
+        return [TrainConfig(network=network, dataset="fmnist", rule=rule, update="qat", device="rram-4bit",
+                            device_set=f"read_noise_rel={r}", bits=b, epochs=epochs, eval_train=False).resolve()
+                for r in (0.0, 0.01, 0.02, 0.05, 0.1) for b in (1, 2, 3, 4)][:K]
     grid = [(b, r, q) for b in range(2, 9) for r in ("global", "local") for q in ("asymm", "symm")]
     return [TrainConfig(network=network, dataset="fmnist", rule=rule, update="nearest", recipe="seed",
                         device="ideal", bits=b, range=r, quant=q, epochs=epochs, eval_train=False).resolve()
@@ -60,13 +68,13 @@ def _steps(step, X, y, start, stop):
         step(X[s:s + 64], y[s:s + 64])
 
 
-@pytest.mark.parametrize("rule,network,K", CASES, ids=[f"{r}-{n}-K{k}" for r, n, k in CASES])
+@pytest.mark.parametrize("rule,network,K,workload", CASES, ids=[f"{r}-{n}-K{k}-{w}" for r, n, k, w in CASES])
 @pytest.mark.parametrize("impl", ["alone", "stack"])
-def test_stack_steps(benchmark, fmnist, rule, network, K, impl):
+def test_stack_steps(benchmark, fmnist, rule, network, K, workload, impl):
     from xbar.train import Trainer
     from xbar.train.stack import Diverging, StackTrainer
     X, y = fmnist
-    cfgs = configs(rule, network, K)
+    cfgs = configs(rule, network, K, workload=workload)
 
     def setup():
         with np.errstate(all="ignore"):
@@ -95,18 +103,18 @@ def test_stack_steps(benchmark, fmnist, rule, network, K, impl):
     benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
     if benchmark.stats is None:
         return
-    _TIMES[rule, network, K, impl] = benchmark.stats.stats.min
-    alone = _TIMES.get((rule, network, K, "alone"))
+    _TIMES[rule, network, K, workload, impl] = benchmark.stats.stats.min
+    alone = _TIMES.get((rule, network, K, workload, "alone"))
     if impl == "stack" and alone:
         benchmark.extra_info.update(speedup=alone / benchmark.stats.stats.min, K=K, steps=STEPS)
 
 
 def pytest_terminal_summary_lines() -> list[str]:
     lines = [f"stacked speedup (K runs alone / one stack), {STEPS} steps, best of 3:"]
-    for (rule, network, K, impl), t in sorted(_TIMES.items()):
-        if impl == "stack" and (rule, network, K, "alone") in _TIMES:
-            a = _TIMES[rule, network, K, "alone"]
-            lines.append(f"  {rule:5s} {network:10s} K={K:<3d} alone {a:7.3f} s  stack {t:7.3f} s  "
+    for (rule, network, K, workload, impl), t in sorted(_TIMES.items()):
+        if impl == "stack" and (rule, network, K, workload, "alone") in _TIMES:
+            a = _TIMES[rule, network, K, workload, "alone"]
+            lines.append(f"  {rule:5s} {network:10s} {workload:9s} K={K:<3d} alone {a:7.3f} s  stack {t:7.3f} s  "
                          f"speedup {a / t:5.2f}x  ({1e3 * t / STEPS / K:.3f} ms per variant-step)")
     return lines if len(lines) > 1 else []
 
@@ -116,14 +124,14 @@ def teardown_module(module):
         print(line)
 
 
-def whole_runs(rule: str, network: str, epochs: int, Ks: list[int]) -> None:
+def whole_runs(rule: str, network: str, epochs: int, Ks: list[int], workload: str = "seed") -> None:
     """train_many(K configs) vs train() of each, on the full Fashion-MNIST, evaluation included."""
     from xbar import data as xd
     from xbar.train import train, train_many
     Xtr, ytr = xd.load("fmnist", "train")
     Xte, yte = xd.load("fmnist", "test")
     data = (Xtr, ytr, Xte, yte)
-    cfgs = configs(rule, network, max(Ks), epochs)
+    cfgs = configs(rule, network, max(Ks), epochs, workload)
     train_many(cfgs[:2], data=(Xtr[:640], ytr[:640], Xte[:100], yte[:100]))   # compile the kernels
     alone = []
     for c in cfgs:
@@ -139,4 +147,5 @@ def whole_runs(rule: str, network: str, epochs: int, Ks: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    whole_runs(sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(k) for k in sys.argv[4].split(",")])
+    whole_runs(sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(k) for k in sys.argv[4].split(",")],
+               *sys.argv[5:6])

@@ -15,7 +15,6 @@ from xbar.kernels.stack import adadelta_round_program_stack, round_program_stack
 from xbar.sweep import Experiment, plan_groups, run_sweep
 from xbar.train import TrainConfig, train, train_many
 from xbar.train.optim import Adadelta
-from xbar.train.stackable import stack_blocker
 
 BASE = {"network": "digits-mlp", "dataset": "digits", "update": "nearest", "recipe": "seed", "device": "ideal",
         "epochs": 2, "train_limit": 600, "test_limit": 200, "eval_train": False}
@@ -67,12 +66,35 @@ def test_float_variants_stack_too():
 def test_train_many_refuses_what_cannot_share_a_stack():
     with pytest.raises(ConfigError, match="differ in more than device-side fields"):
         train_many([TrainConfig(**BASE, rule="bp", bits=3), TrainConfig(**BASE, rule="fa", bits=3)])
-    with pytest.raises(ConfigError, match="update 'qat' does not stack"):
-        train_many([TrainConfig(**{**BASE, "update": "qat", "recipe": None}, bits=2)])
-    noisy = TrainConfig(**BASE, rule="bp", bits=3, device_set="read_noise_rel=0.05").resolve()
-    assert stack_blocker(noisy) is None   # the config stacks; its devices do not:
-    with pytest.raises(ConfigError, match="does not stack"):
-        train_many([noisy])
+    with pytest.raises(ConfigError, match="update 'stochastic' does not stack"):
+        train_many([TrainConfig(**{**BASE, "update": "stochastic", "recipe": None}, bits=2)])
+    with pytest.raises(ConfigError, match="recipe 'hwa' does not stack"):
+        train_many([TrainConfig(**{**BASE, "update": "qat", "recipe": "hwa", "device": "pcm-aihwkit"}, bits=2)])
+
+
+OWN = [  # (update, rule, config fields per variant): devices the stack's kernels do not model
+    ("nearest", "bp", [{"bits": b, "range": r, "quant": q, "device_set": "read_noise_rel=0.05,program_noise_rel=0.03"}
+                       for b, r, q in GRID[:3]] + [{"bits": 4, "w_max": 1e30, "range": "global", "quant": "asymm",
+                                                    "device_set": "read_noise_rel=0.05,program_noise_rel=0.03"}]),
+    ("nearest", "sg", [{"bits": b, "device_set": f"stuck_off_rate=0.02,g_d2d_rel={s}"} for b, s in ((3, 0.1), (5, 0.0))]),
+    ("qat", "bp", [{"device": "rram-4bit", "bits": b, "device_set": f"read_noise_rel={r}"} for b in (2, 3)
+                   for r in (0.0, 0.05)]),
+    ("qat", "fa", [{"device": "ideal", "bits": b, "adc_bits": 8} for b in (2, 4)]),
+    ("qat", "hsic", [{"device": "pcm-aihwkit", "bits": b} for b in (2, 3)]),
+]
+
+
+@pytest.mark.parametrize("update,rule,variants", OWN, ids=lambda v: v if isinstance(v, str) else "")
+def test_variants_on_their_own_crossbars_train_as_alone(update, rule, variants):
+    # noisy, faulty, drifting or ADC devices and update qat: each variant programs and reads its
+    # own crossbars inside the stack, and every variant (a diverging one too) equals its run alone
+    base = {**BASE, "update": update, "rule": rule} | ({"recipe": None} if update == "qat" else {})
+    cfgs = [TrainConfig(**{**base, **v}) for v in variants]
+    many = train_many(cfgs, keep_trainer=True)
+    for cfg, m in zip(cfgs, many):
+        _same(train(cfg, keep_trainer=True), m)
+    if update == "nearest" and rule == "bp":
+        assert [m["status"] for m in many][-1] == "diverged"
 
 
 @pytest.mark.parametrize("quant", ["asymm", "symm"])
@@ -199,18 +221,20 @@ def _exp(tmp_path, text=SPEC):
 
 def test_sweep_groups_device_side_variants_and_says_why_others_are_alone(tmp_path):
     exp = _exp(tmp_path, SPEC.replace('update = "nearest"\n', "").replace(
-        'rule = ["bp", "hsic"]', 'rule = ["bp", "hsic"]\nupdate = ["nearest", "qat"]'))
+        'rule = ["bp", "hsic"]', 'rule = ["bp", "hsic"]\nupdate = ["nearest", "stochastic"]'))
     groups = plan_groups(exp.expand())
     stacks = [g for g in groups if g.stacked]
     assert len(stacks) == 2 and all(len(g.runs) == 4 for g in stacks)
     alone = [g for g in groups if not g.stacked]
-    assert len(alone) == 8 and all("update 'qat' does not stack" in g.why for g in alone)
+    assert len(alone) == 8 and all("update 'stochastic' does not stack" in g.why for g in alone)
     assert all(not g.stacked for g in plan_groups(exp.expand(), "off"))
     lines = []
     run_sweep(exp, tmp_path / "none.h5", workers=2, dry_run=True, print_fn=lines.append)
     text = "\n".join(lines)
-    assert "stacks are split by" in text and "rule" in text and "8 run(s) alone: update 'qat'" in text
+    assert "stacks are split by" in text and "rule" in text and "8 run(s) alone: update 'stochastic'" in text
     assert "in 10 task(s) (2 stacked)" in lines[-1]
+    qat = _exp(tmp_path, SPEC.replace('update = "nearest"', 'update = "qat"').replace('recipe = "seed"', ""))
+    assert [len(g.runs) for g in plan_groups(qat.expand())] == [4, 4]   # qat stacks too
     with pytest.raises(ConfigError, match="--stack 'maybe': expected one of auto, off"):
         run_sweep(exp, tmp_path / "none.h5", dry_run=True, stack="maybe", print_fn=lines.append)
 

@@ -140,10 +140,10 @@ def test_dry_run_lists_and_estimates(tiny_store, tmp_path):
     _, exp, _, _ = tiny_store
     lines = []
     s = run_sweep(exp, tmp_path / "none.h5", workers=2, dry_run=True, print_fn=lines.append)
-    # 8 run lines, what splits the stacks and why the lone runs are alone (qat and stochastic do
-    # not stack), then the estimate
-    assert s["todo"] == 8 and len(lines) == 12 and "estimated" in lines[-1] and "8 task(s) (0 stacked)" in lines[-1]
-    assert any("run(s) alone: update 'qat' does not stack" in line for line in lines)
+    # 8 run lines, what splits the stacks, the two qat stacks (bits 2 and 3 of one seed), why the
+    # lone runs are alone (stochastic does not stack), then the estimate
+    assert s["todo"] == 8 and len(lines) == 13 and "estimated" in lines[-1] and "6 task(s) (2 stacked)" in lines[-1]
+    assert any("run(s) alone: update 'stochastic' does not stack" in line for line in lines)
     assert not (tmp_path / "none.h5").exists()
 
 

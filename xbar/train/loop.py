@@ -97,7 +97,7 @@ def after_programming(cfg: TrainConfig, net: Network, X: np.ndarray, y: np.ndarr
     comp = {"exact": True, "read": "read", "none": False}[cfg.eval_compensate]
     out = []
     for t in cfg.eval_at_s:
-        loss, acc = evaluate(_read_net(cfg, net).at(t, comp), X, y)
+        loss, acc = evaluate(read_net(cfg, net).at(t, comp), X, y)
         out.append({"t_s": float(t), "compensate": cfg.eval_compensate, "test_accuracy": acc, "test_loss": loss})
     return out
 
@@ -113,7 +113,7 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
         nonlocal status, message, train_seconds
         train_seconds += stats.seconds
         tr.sched.step()
-        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(_read_net(cfg, net), X, y),
+        message = record_epoch(history, on_epoch, cfg, epoch, lambda X, y: evaluate(read_net(cfg, net), X, y),
                                (Xtr, ytr, Xte, yte), stats.loss, stats.steps, stats.seconds, tr.opt.lr,
                                stats.correct)
         if probe is not None:
@@ -132,7 +132,7 @@ def _epochs(cfg, tr, Xtr, ytr, Xte, yte, on_epoch, probe=None):
     return history, status, message, train_seconds
 
 
-def _read_net(cfg: TrainConfig, net: Network) -> Network:
+def read_net(cfg: TrainConfig, net: Network) -> Network:
     """The network evaluation reads: itself, or (inference-only IR drop) its crossbars through the wires."""
     if cfg.ir_drop == "none" or cfg.ir_drop_train:
         return net

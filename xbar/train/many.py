@@ -24,7 +24,7 @@ def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[
     (:func:`stack_blocker`); otherwise ConfigError. on_epoch(i, entry): config i's history entry.
     data, keep_trainer, probe: as for train().
     """
-    from .loop import after_programming, hardware_summary, load_data, record_epoch
+    from .loop import after_programming, hardware_summary, load_data, read_net, record_epoch
     start = time.perf_counter()
     cfgs = [(c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c)).resolve() for c in configs]
     Xtr, ytr, Xte, yte = load_data(cfgs[0], data)
@@ -41,6 +41,9 @@ def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[
             perm = st.shuffle.permutation(n)
             t0 = time.perf_counter()
             st.rule0.start_epoch(epoch)
+            if st.own and cfgs[0].adc_bits is not None and epoch > 1:   # as Trainer.fit recalibrates
+                for j in st.alive:
+                    st.trainers[int(j)].calibrate(Xtr[perm[:max(bs, 256)]])
             st.step_loss[:] = 0.0
             st.step_correct[:] = 0
             steps = 0
@@ -64,7 +67,7 @@ def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[
                 train_seconds[j] += seconds
                 t = st.sync(k)
                 msg = record_epoch(history[j], None if on_epoch is None else (lambda e, j=j: on_epoch(j, e)),
-                                   cfgs[j], epoch, lambda X, y, net=t.net: evaluate(net, X, y),
+                                   cfgs[j], epoch, lambda X, y, net=t.net, c=cfgs[j]: evaluate(read_net(c, net), X, y),
                                    (Xtr, ytr, Xte, yte), float(st.step_loss[k]), steps, seconds, st.opt.lr,
                                    int(st.step_correct[k]))
                 if probe is not None:

@@ -22,11 +22,13 @@ variant that diverges (the same checks, the same message) leaves the stack; the 
 
 What stacks (:func:`xbar.train.stackable.stack_blocker` says why a config does not): dense chains (no batch norm,
 pooling, dropout, binary weights or masks) with biases; rules bp, fa, dfa, hsic and sg; updates
-``float`` and ``nearest`` (quant asymm/symm, range global or local with a per-layer gain) on
-devices whose writes and reads are exact (no programming or read noise, faults, spread, drift,
-ADC/DAC, IR drop or I–V nonlinearity) and that need no bit slices or replicas. Variants in one
-stack may differ in ``DEVICE_SIDE`` fields only; ``group_key`` is what they must share (both in
-:mod:`xbar.train.stackable`). The loop over epochs is :func:`xbar.train.many.train_many`.
+``float``, ``nearest`` (quant asymm/symm, range global or local with a per-layer gain, no ADC/DAC)
+and ``qat``, without a recipe of its own update (hwa). The stack's own kernels program and read
+exact devices (no programming or read noise, faults, spread, drift, ADC/DAC, IR drop or I–V
+terms, one slice, one replica) under ``nearest``; with ``qat`` or any other device every variant
+programs and reads its own crossbars (:mod:`xbar.train.stackown`), with the same bits. Variants
+in one stack may differ in ``DEVICE_SIDE`` fields only; ``group_key`` is what they must share
+(both in :mod:`xbar.train.stackable`). The loop over epochs is :func:`xbar.train.many.train_many`.
 """
 
 from __future__ import annotations
@@ -36,41 +38,16 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 from ..kernels.stack import adadelta_round_program_stack, round_program_stack, round_stack
 from ..nn import loss_and_error
-from ..tile.arrays import as_matrix, raise_nonfinite
 from .config import TrainConfig
 from .hsic import layer_objective
 from .optim import Adadelta, Adam, StepLR, make_optimizer, reindex
 from .rule import one_hot
-from .stackable import DEVICE_SIDE, group_key, layer_blocker, stack_blocker
+from .stackable import DEVICE_SIDE, exact_devices, group_key, layer_blocker, stack_blocker
+from .stackown import Diverging, OwnDevices
 from .trainer import Trainer, loss_divergence
 
 
-class Diverging:
-    """Per-variant divergence messages of one step (the first one of a variant wins)."""
-
-    def __init__(self, K: int):
-        self.msg: list[str | None] = [None] * K
-
-    def set(self, k: int, text: str) -> None:
-        if self.msg[k] is None:
-            self.msg[k] = text
-
-    def overflow(self, k: int, name: str, arr: np.ndarray) -> None:
-        """The message of a crossbar that refused a non-finite array (Trainer.step's wording)."""
-        try:
-            raise_nonfinite(name, arr, arr)
-        except ShapeError as exc:
-            self.set(k, f"values left the float32 range ({exc})")
-
-    def refused(self, k: int, name: str, arr: np.ndarray) -> None:
-        """The message of programming refusing a non-finite weight or bias array."""
-        try:
-            as_matrix(name, arr)
-        except ShapeError as exc:
-            self.set(k, f"values left the float32 range ({exc})")
-
-
-class StackTrainer:
+class StackTrainer(OwnDevices):
     """K variants of one run as one stack (see the module docstring).
 
     trainers: the variants' own Trainers (built here, as for runs alone); alive: the indices of
@@ -99,7 +76,12 @@ class StackTrainer:
         self.cfg = cfgs[0]
         self.rule_name = self.cfg.rule
         self.rule0 = t0.rule
-        self.on_device = self.cfg.update == "nearest"
+        self.on_device = self.cfg.update in ("nearest", "qat")
+        self.rounds = self.cfg.update == "nearest"
+        # Update qat, or devices the stack's kernels do not model (noise, faults, drift, ...): every
+        # variant programs and reads its own crossbars, as its run alone does (_own_read, _own_program).
+        self.own = self.on_device and (not self.rounds or not all(
+            exact_devices(la) for t in self.trainers for la in t.net.layers))
         self.shuffle = t0.shuffle
         self.n_layers = len(t0.net.layers)
         self.funcs = [(layer._f, layer._back) for layer in t0.net.layers]
@@ -115,7 +97,7 @@ class StackTrainer:
         self.W = stack(lambda n, i: n.layers[i].W)
         self.b = stack(lambda n, i: n.layers[i].b)
         self.counts = np.zeros((K, self.n_layers, 4), np.int64)   # programs, mvm, mvm_t, clipped
-        if self.on_device:
+        if self.on_device and not self.own:
             self.w32 = stack(lambda n, i: n.layers[i].crossbar.read.w_fwd32)
             # net conductances only where the step reads a layer transposed (bp and sg, layers
             # after the first); elsewhere (K, 0, 0): the kernels skip them
@@ -130,12 +112,13 @@ class StackTrainer:
             self.beta32 = stack(offset)
             self.has_beta = [np.array([n.layers[i].crossbar.read_gains()[1] is not None for n in nets])
                              for i in range(self.n_layers)]
+        if self.rounds:
             self.qp = [self._quant_params([t.update.setups[i] for t in self.trainers],
                                           [t.net.layers[i].crossbar.device for t in self.trainers])
                        for i in range(self.n_layers)]
         self.B = [np.ascontiguousarray(np.stack(Bs)) for Bs in zip(*[t.feedback for t in self.trainers])]
         self.fbq = []
-        if self.on_device and self.B:
+        if self.rounds and self.B:
             self.fbq = [self._quant_params([t.update._fb_setups[i] for t in self.trainers], None)
                         for i in range(len(self.B))]
         if self.rule_name == "sg":
@@ -208,6 +191,8 @@ class StackTrainer:
     # ---- one step ------------------------------------------------------------------------------
     def _read(self, i: int, x: np.ndarray, div: Diverging) -> np.ndarray:
         """Layer i's forward read for input x ((m, n) shared, or (K, m, n)): Crossbar.mvm's math."""
+        if self.own:
+            return self._own_read(i, x, div, "mvm")
         a = self._product(x, self.w32[i] if self.on_device else self.W[i])
         a += self.b[i][:, None, :]
         if not self.on_device:
@@ -241,6 +226,8 @@ class StackTrainer:
         """delta Wᵀ of layer i on its devices (Crossbar.mvm_t's math), or of its digital weights."""
         if not self.on_device:
             return np.matmul(delta, self.W[i].swapaxes(1, 2))
+        if self.own:
+            return self._own_read(i, delta, div, "mvm_t")
         Ea = delta * self.alpha32[i][:, None, :]
         y = np.matmul(Ea, self.g32[i].swapaxes(1, 2))
         self.counts[self.alive, i, 2] += 1
@@ -295,7 +282,7 @@ class StackTrainer:
             xi = xs[i]
             grads.append(np.matmul(xi.T if xi.ndim == 2 else xi.swapaxes(1, 2), deltas[i]))
             grads.append(deltas[i].sum(axis=1))
-        fused = (self.on_device and isinstance(self.opt, Adadelta) and not self.opt.weight_decay
+        fused = (self.on_device and not self.own and isinstance(self.opt, Adadelta) and not self.opt.weight_decay
                  and all(g.dtype == np.float32 and g.flags.c_contiguous for g in grads))
         if fused:   # the optimizer's step runs inside the programming kernel, variant by variant
             self.opt.steps += 1
@@ -304,7 +291,9 @@ class StackTrainer:
         if self.rule_name == "sg" and self._sg_pending is not None:
             self.sg_opt.step(self._sg_pending)
             self._sg_pending = None
-        if self.on_device:
+        if self.own:
+            self._own_program(div)
+        elif self.on_device:
             self._program(div, grads if fused else None)
         if any(m is not None for m in div.msg):
             # (a run alone stops part-way through this update; its leaving state is the stack's)
@@ -410,7 +399,7 @@ class StackTrainer:
             layer.W[...] = self.W[i][k]
             layer.b[...] = self.b[i][k]
             xb = layer.crossbar
-            if xb is not None:
+            if xb is not None and not self.own:   # (own crossbars are programmed and counted already)
                 counters = xb.counters()
                 try:
                     layer.program()

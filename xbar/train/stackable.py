@@ -8,7 +8,7 @@ from .config import TrainConfig
 # The fields a stack's variants may differ in: the devices and how weights are placed on them.
 DEVICE_SIDE = ("device", "device_set", "bits", "quant", "range", "w_max", "gain", "tile")
 STACK_RULES = ("bp", "fa", "dfa", "hsic", "sg")
-STACK_UPDATES = ("float", "nearest")
+STACK_UPDATES = ("float", "nearest", "qat")
 # Fields that describe outputs or where data lives, not the training itself.
 _NEUTRAL = ("data_dir",)
 
@@ -27,6 +27,8 @@ def stack_blocker(cfg: TrainConfig) -> str | None:
         return f"update {cfg.update!r} does not stack (stacking: {', '.join(STACK_UPDATES)})"
     if cfg.init:
         return "init from a checkpoint does not stack"
+    if cfg.recipe not in (None, "seed"):
+        return f"recipe {cfg.recipe!r} does not stack (stacking: none, seed)"
     if cfg.update == "nearest":
         if cfg.quant not in ("asymm", "symm"):
             return f"quant {cfg.quant!r} does not stack (stacking: asymm, symm)"
@@ -43,16 +45,23 @@ def layer_blocker(layer) -> str | None:
     if type(layer).__name__ != "Dense" or layer.bn is not None or layer.tail or layer.head \
             or layer.weights != "real" or layer.mask is not None or layer.b is None or layer.branch:
         return f"layer {layer!r} does not stack (plain dense layers with a bias only)"
+    return None
+
+
+def exact_devices(layer) -> bool:
+    """Whether a layer's crossbar writes and reads exactly what the stack's own kernels compute
+    (no noise, faults, spread, drift, ADC/DAC, IR drop or I–V terms; the fused quantizer, one
+    slice, one replica). Other devices stack too, each variant programming and reading its own
+    crossbars (slower, the same bits)."""
     xb = layer.crossbar
     if xb is None:
-        return None
+        return True
     s = xb.settings
-    exact = (xb.analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
-             and xb.planner.fused and s.quant is not None and s.ir_drop == "none" and s.replicas == 1
-             and s.slices == 1 and s.mapping == "differential" and s.bias == "digital"
-             and xb.state.nu is None and xb.state.t_s is None and xb.state.drift_compensation == 1.0)
-    return None if exact else (f"device {xb.device.name!r} does not stack (stacking needs exact writes "
-                               "and reads: no noise, faults, spread, drift, ADC/DAC or IR drop)")
+    return bool(xb.analog_io and xb.read.var is None and xb.read.nl is None and xb.physics.exact_write
+                and xb.planner.fused and s.quant is not None and s.ir_drop == "none" and s.replicas == 1
+                and s.slices == 1 and s.mapping == "differential" and s.bias == "digital"
+                and xb.state.nu is None and xb.state.t_s is None and xb.state.drift_compensation == 1.0)
 
 
-__all__ = ["DEVICE_SIDE", "STACK_RULES", "STACK_UPDATES", "group_key", "layer_blocker", "stack_blocker"]
+__all__ = ["DEVICE_SIDE", "STACK_RULES", "STACK_UPDATES", "exact_devices", "group_key", "layer_blocker",
+           "stack_blocker"]

@@ -166,7 +166,7 @@ class Trainer:
             self.update.after_step(net, self.feedback)
         except ShapeError as exc:
             # The crossbar refuses NaN/inf (or float32-overflowing) weights, inputs and outputs.
-            if _overflow_message(exc) or not all(np.isfinite(p).all() for p in net.params()):
+            if overflow_message(exc) or not all(np.isfinite(p).all() for p in net.params()):
                 raise Diverged(f"values left the float32 range ({exc})") from None
             raise
         finally:
@@ -231,6 +231,7 @@ class Trainer:
         return done
 
 
-def _overflow_message(exc: Exception) -> bool:
+def overflow_message(exc: Exception) -> bool:
+    """Whether a crossbar's ShapeError says values left the float32 range (a run diverging)."""
     text = str(exc)
     return "NaN or inf" in text or "float32 range" in text
