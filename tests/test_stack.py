@@ -68,7 +68,7 @@ def test_train_many_refuses_what_cannot_share_a_stack():
         train_many([TrainConfig(**BASE, rule="bp", bits=3), TrainConfig(**BASE, rule="fa", bits=3)])
     with pytest.raises(ConfigError, match="update 'stochastic' does not stack"):
         train_many([TrainConfig(**{**BASE, "update": "stochastic", "recipe": None}, bits=2)])
-    with pytest.raises(ConfigError, match="recipe 'hwa' does not stack"):
+    with pytest.raises(ConfigError, match="recipe 'hwa' does not stack \\(it trains with an update of its own\\)"):
         train_many([TrainConfig(**{**BASE, "update": "qat", "recipe": "hwa", "device": "pcm-aihwkit"}, bits=2)])
 
 

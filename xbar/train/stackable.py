@@ -4,6 +4,7 @@ key they must share, and why a config or a built layer cannot stack."""
 from __future__ import annotations
 
 from .config import TrainConfig
+from .recipe import RECIPES, Recipe
 
 # The fields a stack's variants may differ in: the devices and how weights are placed on them.
 DEVICE_SIDE = ("device", "device_set", "bits", "quant", "range", "w_max", "gain", "tile")
@@ -27,8 +28,8 @@ def stack_blocker(cfg: TrainConfig) -> str | None:
         return f"update {cfg.update!r} does not stack (stacking: {', '.join(STACK_UPDATES)})"
     if cfg.init:
         return "init from a checkpoint does not stack"
-    if cfg.recipe not in (None, "seed"):
-        return f"recipe {cfg.recipe!r} does not stack (stacking: none, seed)"
+    if cfg.recipe is not None and RECIPES.get(cfg.recipe).make_update.__func__ is not Recipe.make_update.__func__:
+        return f"recipe {cfg.recipe!r} does not stack (it trains with an update of its own)"
     if cfg.update == "nearest":
         if cfg.quant not in ("asymm", "symm"):
             return f"quant {cfg.quant!r} does not stack (stacking: asymm, symm)"
