@@ -56,8 +56,22 @@ def quant_cell(w, lo, hi, nq, symm, dstep, g_min, lvl, top, snap):
     return (g if k >= 0 else g_min), (g_min if k >= 0 else g), clip
 
 
-# Each kernel has two loops, with and without the float64 planes: a store under a branch inside
-# the loop kept the quantizer's loop from vectorizing (measured 8x slower).
+@njit_exact_inline
+def put_cell(i, j, a, c, alpha_j, gp, gn, gd, g32, w32, planes):
+    """Cell (i, j)'s outputs: the read arrays g32 = float32(a - c) and w32 = float32((a - c) alpha),
+    and with `planes` (a constant at each call) gp = a, gn = c and gd = a - c."""
+    dif = a - c
+    if planes:
+        gp[i, j] = a
+        gn[i, j] = c
+        gd[i, j] = dif
+    g32[i, j] = np.float32(dif)
+    w32[i, j] = np.float32(dif * alpha_j)
+
+
+# Each kernel runs its rows' loop (inlined) twice over, with and without the float64 planes (a
+# constant `planes`): a store under a branch inside the loop kept the quantizer's loop from
+# vectorizing (measured 8x slower).
 
 @njit_exact
 def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp, gn, gd, g32, w32):
@@ -70,30 +84,21 @@ def program_differential(W, lo, hi, step, dstep, g_min, lvl, n_levels, alpha, gp
     g32 and w32 are written (a lean programming: the read arrays alone). W holds no NaN
     (programming refuses it first).
     """
-    rows, out = W.shape
-    clipped = 0
     top = np.float64(n_levels - 1)
     if gd.size > 0:
-        for i in range(rows):
-            for j in range(out):
-                w0 = np.float64(W[i, j])
-                clipped += (w0 < lo[j]) | (w0 > hi[j])
-                a, c = level_cell(w0, lo[j], hi[j], step[j], dstep, g_min, lvl, top)
-                dif = a - c
-                gp[i, j] = a
-                gn[i, j] = c
-                gd[i, j] = dif
-                g32[i, j] = np.float32(dif)
-                w32[i, j] = np.float32(dif * alpha[j])
-    else:
-        for i in range(rows):
-            for j in range(out):
-                w0 = np.float64(W[i, j])
-                clipped += (w0 < lo[j]) | (w0 > hi[j])
-                a, c = level_cell(w0, lo[j], hi[j], step[j], dstep, g_min, lvl, top)
-                dif = a - c
-                g32[i, j] = np.float32(dif)
-                w32[i, j] = np.float32(dif * alpha[j])
+        return _level_rows(W, lo, hi, step, dstep, g_min, lvl, top, alpha, gp, gn, gd, g32, w32, True)
+    return _level_rows(W, lo, hi, step, dstep, g_min, lvl, top, alpha, gp, gn, gd, g32, w32, False)
+
+
+@njit_exact_inline
+def _level_rows(W, lo, hi, step, dstep, g_min, lvl, top, alpha, gp, gn, gd, g32, w32, planes):
+    clipped = 0
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            w0 = np.float64(W[i, j])
+            clipped += (w0 < lo[j]) | (w0 > hi[j])
+            a, c = level_cell(w0, lo[j], hi[j], step[j], dstep, g_min, lvl, top)
+            put_cell(i, j, a, c, alpha[j], gp, gn, gd, g32, w32, planes)
     return clipped
 
 
@@ -122,27 +127,19 @@ def program_quant_differential(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap
     program_differential does (gp, gn and gd of size 0: the read arrays alone). Returns the
     number of clipped weights.
     """
-    rows, out = W.shape
-    clipped = 0
     if gd.size > 0:
-        for i in range(rows):
-            for j in range(out):
-                a, c, cl = quant_cell(np.float64(W[i, j]), lo[j], hi[j], nq, symm, dstep, g_min, lvl, top, snap)
-                clipped += cl
-                dif = a - c
-                gp[i, j] = a
-                gn[i, j] = c
-                gd[i, j] = dif
-                g32[i, j] = np.float32(dif)
-                w32[i, j] = np.float32(dif * alpha[j])
-    else:
-        for i in range(rows):
-            for j in range(out):
-                a, c, cl = quant_cell(np.float64(W[i, j]), lo[j], hi[j], nq, symm, dstep, g_min, lvl, top, snap)
-                clipped += cl
-                dif = a - c
-                g32[i, j] = np.float32(dif)
-                w32[i, j] = np.float32(dif * alpha[j])
+        return _quant_rows(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, gd, g32, w32, True)
+    return _quant_rows(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, gd, g32, w32, False)
+
+
+@njit_exact_inline
+def _quant_rows(W, lo, hi, nq, symm, dstep, g_min, lvl, top, snap, alpha, gp, gn, gd, g32, w32, planes):
+    clipped = 0
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            a, c, cl = quant_cell(np.float64(W[i, j]), lo[j], hi[j], nq, symm, dstep, g_min, lvl, top, snap)
+            clipped += cl
+            put_cell(i, j, a, c, alpha[j], gp, gn, gd, g32, w32, planes)
     return clipped
 
 
