@@ -235,6 +235,10 @@ def test_sweep_groups_device_side_variants_and_says_why_others_are_alone(tmp_pat
     assert "in 10 task(s) (2 stacked)" in lines[-1]
     qat = _exp(tmp_path, SPEC.replace('update = "nearest"', 'update = "qat"').replace('recipe = "seed"', ""))
     assert [len(g.runs) for g in plan_groups(qat.expand())] == [4, 4]   # qat stacks too
+    # a stack trains on one worker: fewer groups than workers cut the largest ones
+    assert [len(g.runs) for g in plan_groups(qat.expand(), "auto", 2)] == [4, 4]
+    assert [len(g.runs) for g in plan_groups(qat.expand(), "auto", 4)] == [2, 2, 2, 2]
+    assert [len(g.runs) for g in plan_groups(qat.expand()[:4], "auto", 3)] == [1, 1, 2]
     with pytest.raises(ConfigError, match="--stack 'maybe': expected one of auto, off"):
         run_sweep(exp, tmp_path / "none.h5", dry_run=True, stack="maybe", print_fn=lines.append)
 

@@ -231,16 +231,19 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
     # Workers side by side share caches and memory bandwidth: measured 1.35x slower runs with two
     # workers on the 2-core dev machine (seed study, 46 runs) than the one-run fit of the estimate.
     share = 1.0 if workers == 1 else 1.35
-    groups = plan_groups(todo, stack)
+    groups = plan_groups(todo, stack, 1 if cluster else workers)   # (a cluster's size is its own)
     est = {}   # per run: its share of its group's estimate
+    longest = 0.0
     for g in groups:
         e = share * estimate_group_seconds(g)
+        longest = max(longest, e)
         for r in g.runs:
             est[r.key] = e / len(g.runs)
     est_total = sum(est.values())
+    est_wall = max(est_total / workers, longest)   # a task (a stack) trains on one worker
     n_stacks = sum(g.stacked for g in groups)
     summary = {"runs": len(runs), "stored": len(runs) - len(todo), "todo": len(todo),
-               "estimated_seconds": est_total / workers, "out": str(out), "spec_hash": spec_hash,
+               "estimated_seconds": est_wall, "out": str(out), "spec_hash": spec_hash,
                "groups": len(groups), "stacks": n_stacks}
     if dry_run:
         group_of = {r.key: n for n, g in enumerate(groups, 1) for r in g.runs}
@@ -250,7 +253,7 @@ def run_sweep(exp: Experiment, out: str | os.PathLike, *, workers: int | None = 
             print_fn(f"{r.index + 1:5d}  {r.key}  {state:8s}  {gtext} {r.label()}")
         _print_groups(groups, todo, stack, share, print_fn)
         print_fn(f"{len(runs)} runs: {summary['stored']} stored, {len(todo)} to run in {len(groups)} task(s) "
-                 f"({n_stacks} stacked); estimated {fmt_time(est_total / workers)} on {workers} worker(s) "
+                 f"({n_stacks} stacked); estimated {fmt_time(est_wall)} on {workers} worker(s) "
                  "(rough, from this machine's timings)")
         return summary
     store.check_writable(out)

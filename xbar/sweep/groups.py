@@ -41,8 +41,12 @@ def check_stack(mode: str) -> str:
     return mode
 
 
-def plan_groups(runs: list[Run], mode: str = "auto") -> list[Group]:
-    """The runs as groups, in first-run order: stacks under mode "auto", each run alone under "off"."""
+def plan_groups(runs: list[Run], mode: str = "auto", workers: int = 1) -> list[Group]:
+    """The runs as groups, in first-run order: stacks under mode "auto", each run alone under "off".
+
+    A stack trains on one worker: while there are fewer groups than `workers`, the largest stack
+    is cut in two (idle workers cost more than a smaller stack saves; every run trains the same
+    bits in any stack)."""
     check_stack(mode)
     if mode == "off":
         return [Group([r], "--stack off") for r in runs]
@@ -69,6 +73,12 @@ def plan_groups(runs: list[Run], mode: str = "auto") -> list[Group]:
             g = groups[key] = Group([], "", {k: v for k, v in r.config.items() if k not in DEVICE_SIDE})
             out.append(g)
         g.runs.append(r)
+    while len(out) < workers:
+        i = max(range(len(out)), key=lambda k: len(out[k].runs), default=None)
+        if i is None or len(out[i].runs) < 2:
+            break
+        g, h = out[i], (len(out[i].runs) + 1) // 2
+        out[i:i + 1] = [Group(g.runs[:h], g.why, g.shared), Group(g.runs[h:], g.why, g.shared)]
     for g in out:
         if len(g.runs) == 1 and not g.why:
             g.why = "no other run shares its network, rule, seed and training settings"
