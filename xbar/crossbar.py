@@ -200,7 +200,7 @@ class Crossbar:
             planes = self.planner.plan(W)
             st = self._state
             st.gp0, st.gn0, st.gp, st.gn = planes.gp, planes.gn, planes.gp, planes.gn
-            self.read._gd = self.planner.fresh["gd"][None]
+            self.read.gd = self.planner.fresh["gd"][None]
         return self.read.gd
 
     @property

@@ -71,10 +71,14 @@ class ReadPath:
 
     @property
     def gd(self) -> np.ndarray:
-        """G+ - G- (P, rows, out) in µS."""
+        """G+ - G- (P, rows, out) in µS (built on first use after a lean programming)."""
         if self._gd is None:
             self._gd = self._gd_build()
         return self._gd
+
+    @gd.setter
+    def gd(self, value: np.ndarray) -> None:
+        self._gd = value
 
     def cached(self, key: str, build):
         value = self.cache.get(key)
