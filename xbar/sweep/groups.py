@@ -78,7 +78,8 @@ def plan_groups(runs: list[Run], mode: str = "auto", workers: int = 1) -> list[G
         if i is None or len(out[i].runs) < 2:
             break
         g, h = out[i], (len(out[i].runs) + 1) // 2
-        out[i:i + 1] = [Group(g.runs[:h], g.why, g.shared), Group(g.runs[h:], g.why, g.shared)]
+        why = g.why or "cut from a stack to keep every worker busy"
+        out[i:i + 1] = [Group(g.runs[:h], why, g.shared), Group(g.runs[h:], why, g.shared)]
     for g in out:
         if len(g.runs) == 1 and not g.why:
             g.why = "no other run shares its network, rule, seed and training settings"
