@@ -303,3 +303,13 @@ def test_undo_scale_kernel_has_numpys_bits():
                 ref += bias[None, :]
             assert undo_dac(y.copy(), s, bias).tobytes() == ref.tobytes()
         assert np.array_equal(undo_dac(y.copy(), np.float32(2.5), b), y * np.float32(2.5) + b[None, :])
+
+
+def test_serial_kernels_runs_numba_on_one_thread_and_restores_the_count():
+    from xbar.kernels import serial_kernels
+    n = numba.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with serial_kernels():
+            assert numba.get_num_threads() == 1
+            raise RuntimeError("a step that fails")
+    assert numba.get_num_threads() == n
