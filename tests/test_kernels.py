@@ -308,8 +308,7 @@ def test_undo_scale_kernel_has_numpys_bits():
 def test_serial_kernels_runs_numba_on_one_thread_and_restores_the_count():
     from xbar.kernels import serial_kernels
     n = numba.get_num_threads()
-    with pytest.raises(RuntimeError):
-        with serial_kernels():
-            assert numba.get_num_threads() == 1
-            raise RuntimeError("a step that fails")
+    with pytest.raises(RuntimeError), serial_kernels():
+        assert numba.get_num_threads() == 1
+        raise RuntimeError("a step that fails")
     assert numba.get_num_threads() == n
