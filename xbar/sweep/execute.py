@@ -13,7 +13,7 @@ from typing import Any
 from .. import store
 from ..config import suggest
 from ..errors import ConfigError, XbarError
-from .groups import check_stack, estimate_group_seconds, plan_groups, split_fields
+from .groups import check_stack, estimate_group_seconds, own_crossbars, plan_groups, split_fields
 from .spec import Experiment, Run
 from .worker import fmt_time, run_group
 
@@ -279,7 +279,9 @@ def _print_groups(groups, todo, stack, share, print_fn) -> None:
     whys: dict[str, int] = {}
     for n, g in enumerate(groups, 1):
         if g.stacked:
-            print_fn(f"  g{n}: {len(g.runs)} runs stacked, estimated {fmt_time(share * estimate_group_seconds(g))}")
+            own = " (each variant on its own crossbars: little faster than alone)" if any(
+                own_crossbars(r.config) for r in g.runs) else ""
+            print_fn(f"  g{n}: {len(g.runs)} runs stacked, estimated {fmt_time(share * estimate_group_seconds(g))}{own}")
         else:
             whys[g.why] = whys.get(g.why, 0) + 1
     for why, count in whys.items():

@@ -104,7 +104,7 @@ STACK_SHARE = 0.15
 OWN_SPEEDUP = 1.15
 
 
-def _own_crossbars(config: dict) -> bool:
+def own_crossbars(config: dict) -> bool:
     """Whether a stacked run will likely program and read its own crossbars (xbar.train.stackown):
     update qat, or any device but the exact "ideal" preset unchanged."""
     update = config.get("update")
@@ -116,7 +116,7 @@ def estimate_group_seconds(group: Group) -> float:
     ests = [estimate_seconds(r.config) for r in group.runs]
     if len(ests) == 1:
         return ests[0]
-    if any(_own_crossbars(r.config) for r in group.runs):
+    if any(own_crossbars(r.config) for r in group.runs):
         return sum(ests) / OWN_SPEEDUP
     from .worker import compute_share
     comp = [compute_share(r.config) for r in group.runs]
