@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import data as xdata
+from ..kernels import serial_kernels
 from .config import TrainConfig
 from .stack import Diverging, StackTrainer
 from .trainer import evaluate
@@ -42,21 +43,23 @@ def train_many(configs: list, *, data: tuple | None = None, on_epoch: Callable[[
             t0 = time.perf_counter()
             st.rule0.start_epoch(epoch)
             if st.own and cfgs[0].adc_bits is not None and epoch > 1:   # as Trainer.fit recalibrates
+                Xcal = Xtr[perm[:max(bs, 256)]]
                 for j in st.alive:
-                    st.trainers[int(j)].calibrate(Xtr[perm[:max(bs, 256)]])
+                    st.trainers[int(j)].calibrate(Xcal)
             st.step_loss[:] = 0.0
             st.step_correct[:] = 0
             steps = 0
-            for s in range(0, n, bs):
-                idx = perm[s:s + bs]
-                st.step(Xtr[idx], ytr[idx], Diverging(len(st.alive)))
-                steps += 1
-                for j, msg in st.departed:
-                    status[j], message[j] = "diverged", f"{msg} at epoch {epoch}, step {steps}"
-                    train_seconds[j] += time.perf_counter() - t0
-                st.departed.clear()
-                if not len(st.alive):
-                    break
+            with serial_kernels():   # as Trainer.run_epoch runs its steps
+                for s in range(0, n, bs):
+                    idx = perm[s:s + bs]
+                    st.step(Xtr[idx], ytr[idx], Diverging(len(st.alive)))
+                    steps += 1
+                    for j, msg in st.departed:
+                        status[j], message[j] = "diverged", f"{msg} at epoch {epoch}, step {steps}"
+                        train_seconds[j] += time.perf_counter() - t0
+                    st.departed.clear()
+                    if not len(st.alive):
+                        break
             seconds = time.perf_counter() - t0
             if not len(st.alive):
                 break
