@@ -142,16 +142,21 @@ def test_round_program_kernel_matches_quantize_and_crossbar_program(quant, rng):
 @pytest.mark.parametrize("rng", ["global", "local"])
 def test_fused_adadelta_kernel_is_the_optimizer_step_then_rounding(rng):
     # adadelta_round_program_stack == Adadelta.step on the stack, then round_program_stack; also
-    # without net conductances (g32 of size 0), and for a variant whose step gives a NaN weight
+    # without net conductances (g32 of size 0), for a variant whose step gives a NaN weight, one
+    # whose bias becomes infinite, a constant (degenerate) tensor and level devices; the tensor is
+    # larger than the kernel's chunk
     r = np.random.default_rng(5)
-    K, rows, out = 4, 50, 7
+    K, rows, out = 7, 410, 7
     W = (r.standard_normal((K, rows, out)) * 0.5).astype(np.float32)
     b = (r.standard_normal((K, out)) * 0.3).astype(np.float32)
     gW = (r.standard_normal((K, rows, out)) * 0.1).astype(np.float32)
     gb = (r.standard_normal((K, out)) * 0.1).astype(np.float32)
     gW[3, 2, 1] = np.nan
-    consts = (np.full(K, -1.0), np.full(K, 1.0), np.array([2, 3, 5, 8]), np.array([False, True, False, True]),
-              np.full(K, rng == "local"), np.zeros(K, np.int64), np.full(K, 100.0), np.full(K, 1.0))
+    W[4], gW[4] = 0.375, 0.0                       # stays constant
+    W[6, 5, 5], gb[5, 2] = 3.0, np.inf              # clipped (global); an infinite bias step
+    consts = (np.full(K, -1.0), np.full(K, 1.0), np.array([2, 3, 5, 8, 4, 6, 7]),
+              np.array([False, True, False, True, False, True, False]), np.full(K, rng == "local"),
+              np.array([0, 0, 0, 0, 16, 64, 256]), np.full(K, 100.0), np.full(K, 1.0))
 
     def outputs(with_g=True):
         return [np.empty_like(W), np.empty_like(W) if with_g else np.zeros((K, 0, 0), np.float32),
@@ -171,10 +176,12 @@ def test_fused_adadelta_kernel_is_the_optimizer_step_then_rounding(rng):
             got = outputs(with_g)
             adadelta_round_program_stack(Wf, bf, gW, gb, state.sq[0], state.acc[0], state.sq[1], state.acc[1],
                                          *state.scalars(), *consts, *got)
-        assert np.array_equal(Wf, Wr, equal_nan=True) and np.array_equal(bf, br)
+        assert np.array_equal(Wf, Wr, equal_nan=True) and np.array_equal(bf, br, equal_nan=True)
         assert np.array_equal(state.sq[0], opt.sq[0], equal_nan=True)
         assert got[-2][3] == ref[-2][3] == (0 if rng == "local" else 2 * out + 1)   # the first NaN weight
-        for k in range(3):                                         # the finite variants: all outputs
+        assert got[-1][5] == ref[-1][5] >= 0 and np.array_equal(bf[5], br[5], equal_nan=True)
+        assert (got[-2][[0, 1, 2, 4, 6]] == -1).all() and (got[-1][[0, 1, 2, 4, 6]] == -1).all()
+        for k in (0, 1, 2, 4, 6):                                  # the finite variants: all outputs
             for a, e in zip(got, ref):
                 if a.size and a.ndim > 1:
                     assert np.array_equal(a[k], e[k])
