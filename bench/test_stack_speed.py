@@ -6,6 +6,7 @@ Run (one core, as sweep workers do)::
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python -m pytest bench/test_stack_speed.py --benchmark-only -q
     python bench/test_stack_speed.py bp mlp-100x2 1 7,14,28     # whole runs: train_many vs train, per K
     python bench/test_stack_speed.py bp mlp-100x2 1 20 qat-noise   # read noise x bits, qat on rram-4bit
+    python bench/test_stack_speed.py shares bp mlp-100x2 qat-noise   # a stack's bound: per-variant work
 
 The workload: Fashion-MNIST (skipped when its files are missing), the seed recipe (nearest
 rounding, Adadelta, batch 64) on the ideal device, the seed study's variants of one rule and
@@ -146,6 +147,66 @@ def whole_runs(rule: str, network: str, epochs: int, Ks: list[int], workload: st
               f"speedup {sum(alone[:K]) / ts:.2f}x", flush=True)
 
 
+def shares(rule: str, network: str, workload: str = "qat-noise", steps: int = 200) -> None:
+    """Where one step of each variant run alone goes, and the bound that puts on a stack.
+
+    Each variant's Trainer steps on Fashion-MNIST batches with its own methods wrapped: the
+    program-noise draws (the device physics' ``write``: a numpy normal per device, scaled and
+    clipped), programming (``Crossbar.program``, the draws included), forward and transposed
+    reads, gradients and the optimizer. A stack whose variants give the bits they give alone must
+    draw every variant's own program noise from its own generator, so the draws alone bound a
+    stack's speedup (Amdahl): at most alone / draws. The per-variant methods' share is printed too
+    (their Python glue is the part a stack can save)."""
+    from xbar import data as xd
+    from xbar.kernels import serial_kernels
+    from xbar.train import Trainer
+    X, y = xd.load("fmnist", "train")
+    n = (steps + WARMUP) * 64
+    X, y = np.ascontiguousarray(X[:n], np.float32), np.asarray(y[:n], np.int64)
+    tot_alone = tot_draws = 0.0
+    for cfg in configs(rule, network, 20, 1, workload):
+        tr = Trainer(cfg, 784, 10)
+        acc: dict[str, float] = {}
+
+        def wrap(obj, name, key, acc=acc):
+            fn = getattr(obj, name)
+
+            def timed(*a, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+            setattr(obj, name, timed)
+
+        with serial_kernels():
+            for s in range(0, WARMUP * 64, 64):
+                tr.step(X[s:s + 64], y[s:s + 64])
+            for layer in tr.net.layers:
+                xb = layer.crossbar
+                if xb is not None:
+                    wrap(xb.physics, "write", "noise")
+                    for name in ("program", "mvm", "mvm_t"):
+                        wrap(xb, name, name)
+                wrap(layer, "grads", "grads")
+            wrap(tr.opt, "step", "opt")
+            t0 = time.perf_counter()
+            for s in range(WARMUP * 64, n, 64):
+                tr.step(X[s:s + 64], y[s:s + 64])
+            total = time.perf_counter() - t0
+        own = sum(v for k, v in acc.items() if k != "noise")   # (program's time includes the draws)
+        draws = acc.get("noise", 0.0)
+        tot_alone += total
+        tot_draws += draws
+        print(f"{cfg.device_set or cfg.device} bits={cfg.bits}: alone {1e3 * total / steps:.2f} ms/step; "
+              f"program-noise draws {100 * draws / total:.0f} % (a stack at most {total / max(draws, 1e-12):.2f}x "
+              f"faster), all per-variant methods {100 * own / total:.0f} %", flush=True)
+    print(f"workload: program-noise draws {100 * tot_draws / tot_alone:.0f} % of the alone steps -> a stack at most "
+          f"{tot_alone / tot_draws:.2f}x faster")
+
 if __name__ == "__main__":
-    whole_runs(sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(k) for k in sys.argv[4].split(",")],
-               *sys.argv[5:6])
+    if sys.argv[1] == "shares":
+        shares(*sys.argv[2:5])
+    else:
+        whole_runs(sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(k) for k in sys.argv[4].split(",")],
+                   *sys.argv[5:6])
