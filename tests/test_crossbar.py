@@ -570,6 +570,26 @@ def test_non_finite_inputs_rejected(programmed, bad):
         programmed.mvm_t(X[:, :5])
 
 
+@pytest.mark.parametrize("io", ["analog", "dynamic DAC", "fixed DAC"])
+def test_refused_inputs_name_the_value_and_count_no_read(io):
+    # NaN, inf and a float64 value beyond float32 are refused, naming the first: by as_matrix or by
+    # the dynamic DAC's own pass before the read is counted; analog inputs on the read's output
+    # (the read happened and counts, as a run's overflowing read does)
+    kw = {"analog": {}, "dynamic DAC": {"adc_bits": 8}, "fixed DAC": {"adc_bits": 8, "dac_range": 2.0}}[io]
+    xb = Crossbar(IDEAL, tile=(4, 4), **kw).program(rand((6, 5), seed=0))
+    for bad, message in ((np.nan, r"NaN or inf \(first at index \(1, 4\)\)"),
+                         (1e39, r"value 1e\+39 at index \(1, 4\) is beyond the float32 range")):
+        X = rand((3, 6), seed=1).astype(np.float64)
+        X[1, 4] = bad
+        X[2, 0] = bad
+        with pytest.raises(ShapeError, match=message):
+            xb.mvm(X)
+    refused = 2 if io == "analog" else 0
+    assert xb.stats()["mvm_calls"] == refused
+    xb.mvm(rand((3, 6), seed=1))
+    assert xb.stats()["mvm_calls"] == refused + 1
+
+
 @pytest.mark.parametrize("X", [
     np.ones(6), np.ones((1, 2, 6)), np.float32(1.0),            # wrong ndim
     np.ones((2, 5)), np.ones((2, 7)),                           # wrong width

@@ -288,6 +288,35 @@ def test_column_sums_kernel_has_numpys_bits():
     assert sum_rows(f).dtype == np.float64 and np.array_equal(sum_rows(f), f.sum(axis=0))
 
 
+def test_finiteness_checks_match_numpy():
+    # all_finite (as_matrix's check, without a mask) and the dynamic DAC's count of rows holding a
+    # NaN or inf, against numpy's isfinite; float32 and float64, huge finite values, every position
+    from xbar.kernels.mvm import dac_dynamic, dac_dynamic_serial
+    from xbar.kernels.reduce import all_finite
+    r = np.random.default_rng(4)
+    for dt in (np.float32, np.float64):
+        for n in (0, 1, 7, 8, 9, 100, 70000):
+            a = (r.standard_normal(n) * 1e30).astype(dt)
+            a[:: max(1, n // 5)] = np.finfo(dt).max
+            assert all_finite(a) and all_finite(a[::2]) and all_finite(a.reshape(1, -1))
+            for bad in (np.nan, np.inf, -np.inf):
+                for pos in {0, n // 2, n - 1} if n else ():
+                    b = a.copy()
+                    b[pos] = bad
+                    assert not all_finite(b) and all_finite(b) == np.isfinite(b).all()
+    for rows, cols in [(1, 1), (5, 25), (300, 6), (40000, 3)]:
+        X = r.standard_normal((rows, cols)).astype(np.float32)
+        bad_rows = r.choice(rows, size=min(rows, 4), replace=False)
+        for k, row in enumerate(bad_rows):
+            X[row, r.integers(cols)] = (np.nan, np.inf, -np.inf, np.nan)[k]
+        for kernel in (dac_dynamic, dac_dynamic_serial):
+            xs, scale = np.empty_like(X), np.empty((rows, 1), np.float32)
+            assert kernel(X, xs, scale) == int((~np.isfinite(X).all(axis=1)).sum())
+            ok = np.isfinite(X).all(axis=1)
+            ref = np.abs(X[ok]).max(axis=1, keepdims=True)
+            assert np.array_equal(scale[ok], np.where(ref >= 1.1754944e-38, ref, 1))
+
+
 def test_undo_scale_kernel_has_numpys_bits():
     # the DAC's per-row scale undone and the digital bias added in one pass: numpy's y *= scale;
     # y += b, bit for bit (a fixed scalar range stays numpy's)

@@ -26,6 +26,7 @@ import numpy as np
 from .device import Device
 from .errors import ConfigError, ShapeError
 from .kernels.mvm import undo_dac
+from .kernels.reduce import all_finite
 from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
 from .tile.drift import check_drift_args, drifted_copy
 from .tile.physics import DeviceArray, is_active
@@ -127,7 +128,7 @@ class Crossbar:
         b_digital = None
         if b is not None:
             b = as_matrix("b", np.asarray(b).reshape(1, -1), cols=n_out)[0]
-            if self.bias == "row":
+            if self.settings.bias == "row":
                 W = np.vstack([W, b[None, :]])
             else:
                 b_digital = b
@@ -145,7 +146,7 @@ class Crossbar:
                                  f"{cells.shape}")
             if cells.shape != shape:
                 cells = np.vstack([cells, np.zeros((1, n_out), bool)])
-        has_bias_row = b is not None and self.bias == "row"
+        has_bias_row = b is not None and self.settings.bias == "row"
         if self._lean and old is not None and mask is None and cells is None and not has_bias_row:
             return self._program_lean(W, b_digital)
         if old is None:   # the first program: refuse arrays that cannot be allocated, before trying
@@ -216,7 +217,7 @@ class Crossbar:
             self._alpha_src = st.alpha if st.drift_compensation == 1.0 else None
             self._alpha_eff = st.alpha * st.drift_compensation
             self._alpha32 = self._alpha_eff.astype(np.float32)
-            self._beta32 = st.beta.astype(np.float32) if np.any(st.beta) else None
+            self._beta32 = st.beta.astype(np.float32) if st.beta.any() else None
         self._mask32 = None if st.mask is None else st.mask.astype(np.float32)
         if lean:
             self.read.install(self._planes, None, st.sig, self._alpha_eff, shape=(1,) + st.shape)
@@ -247,9 +248,8 @@ class Crossbar:
         """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32."""
         self._check_programmed()
         st = self._state
-        X0 = X
-        X = as_matrix("X", X, cols=st.n_in, check_finite=self._analog_io is False)
-        self._stats["mvm_calls"] += 1
+        X0 = X   # (checked here, or on the output for analog inputs, or by a dynamic DAC in its pass)
+        X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self.settings.dac_range == "dynamic"))
         if st.has_bias_row:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
         if self._analog_io:
@@ -257,13 +257,14 @@ class Crossbar:
             if st.b_digital is not None:
                 y += st.b_digital[None, :]
         else:
-            xs, scale = self.read.dac(X)
+            xs, scale = self.read.dac(X, "X", X0)
             y = undo_dac(self.read.read(xs, "fwd"), scale, st.b_digital)
+        self._stats["mvm_calls"] += 1
         if self._beta32 is not None:
             # the digital offset belongs to the cells in use only
             xs = X.sum(axis=1, keepdims=True) if self._mask32 is None else X @ self._mask32
             y += xs * self._beta32[None, :]
-        if self._analog_io and not np.isfinite(y).all():
+        if self._analog_io and not all_finite(y):
             raise_nonfinite("X", X0, as_matrix("X", X0, cols=st.n_in, check_finite=False))
         return y
 
@@ -277,7 +278,7 @@ class Crossbar:
         Ea = E * self._alpha32[None, :]      # the column gain is digital: applied before the DAC
         if self._analog_io:
             y = self.read.read(Ea, "bwd")
-            if not np.isfinite(y).all():
+            if not all_finite(y):
                 raise_nonfinite("E", E0, as_matrix("E", E0, cols=st.shape[1], check_finite=False))
         else:
             es, scale = self.read.dac(Ea)

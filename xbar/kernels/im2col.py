@@ -26,50 +26,65 @@ def _im2col(x, kh, kw, stride, pad, oh, ow, cols):
     """x (B, H, W, C) -> cols (B*oh*ow, kh*kw*C), overwritten; padded positions get 0.
 
     Inside the input a patch row (kernel row i) is kw*C contiguous values of x, copied as one
-    run; only patches that overlap the padding go value by value. Runs shorter than 16 values (a
-    first convolution's few channels) go column by column from the input row, padded once into a
-    buffer: the run's loop overhead cost more than the copy (1.9 -> 1.1 ms for 64 28x28 images,
-    5x5, padding 2).
+    run through slice views (indexing the 2-d arrays element by element kept the copy from
+    vectorizing: 2x slower); only patches that overlap the padding go value by value. Runs
+    shorter than 16 values (a first convolution's few channels) are assembled row by row from the
+    patch's kh input rows, zero-padded once into a buffer per output row (1.3x faster than
+    writing the runs column by column, and that was 1.7x faster than one short copy per run).
     """
     B, H, W, C = x.shape
     x3 = x.reshape(B, H, W * C)
     kwc = kw * C
     sc = stride * C
+    Wp = (W + 2 * pad) * C
     for b in prange(B):
-        row = np.zeros((W + 2 * pad) * C, np.float32)
+        buf = np.zeros((kh, Wp), np.float32)
         for p in range(oh):
             r0 = (b * oh + p) * ow
+            if kwc < 16:
+                for i in range(kh):
+                    h = p * stride - pad + i
+                    bi = buf[i]
+                    if h < 0 or h >= H:
+                        for t in range(Wp):
+                            bi[t] = 0.0
+                    else:
+                        src = x3[b, h]
+                        for t in range(W * C):
+                            bi[pad * C + t] = src[t]
+                for q in range(ow):
+                    d = cols[r0 + q]
+                    for i in range(kh):
+                        bi = buf[i]
+                        for t in range(kwc):
+                            d[i * kwc + t] = bi[q * sc + t]
+                continue
             for i in range(kh):
                 h = p * stride - pad + i
                 base = i * kwc
                 if h < 0 or h >= H:
                     for q in range(ow):
+                        d = cols[r0 + q, base:base + kwc]
                         for t in range(kwc):
-                            cols[r0 + q, base + t] = 0.0
+                            d[t] = 0.0
                     continue
-                if kwc < 16:
-                    for t in range(W * C):
-                        row[pad * C + t] = x3[b, h, t]
-                    for t in range(kwc):
-                        for q in range(ow):
-                            cols[r0 + q, base + t] = row[q * sc + t]
-                    continue
+                src = x3[b, h]
                 for q in range(ow):
                     w0 = q * stride - pad
-                    r = r0 + q
+                    d = cols[r0 + q, base:base + kwc]
                     if w0 >= 0 and w0 + kw <= W:
-                        s0 = w0 * C
+                        run = src[w0 * C:w0 * C + kwc]
                         for t in range(kwc):
-                            cols[r, base + t] = x3[b, h, s0 + t]
+                            d[t] = run[t]
                     else:
                         for j in range(kw):
                             w = w0 + j
                             if w < 0 or w >= W:
                                 for c in range(C):
-                                    cols[r, base + j * C + c] = 0.0
+                                    d[j * C + c] = 0.0
                             else:
                                 for c in range(C):
-                                    cols[r, base + j * C + c] = x3[b, h, w * C + c]
+                                    d[j * C + c] = src[w * C + c]
 
 
 def _col2im(cols, kh, kw, stride, pad, oh, ow, dx):

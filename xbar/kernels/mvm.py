@@ -167,22 +167,28 @@ def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
 
 def _dac_dynamic(X, xs, scale):
     """Dynamic input scaling of the DAC: scale[b] = max_j |X[b, j]| (1 where that is 0 or
-    subnormal) and xs = X / scale, one pass per row; threads split the rows.
+    subnormal) and xs = X / scale, one pass per row; threads split the rows. Returns the number of
+    rows holding a NaN or inf (the caller's finiteness check, without a pass of its own).
 
     A subnormal row maximum (< 1.18e-38) would make the reciprocal that fast-math division uses
     overflow to inf; such a row is read unscaled (its products are below float32's range anyway).
     """
     B, N = X.shape
+    bad = 0
     for b in prange(B):
         m = np.float32(0.0)
+        junk = np.float32(0.0)   # x * 0: 0 for a finite x, NaN otherwise
         for j in range(N):
             v = abs(X[b, j])
             m = max(m, v)
+            junk += X[b, j] * np.float32(0.0)
         if not m >= np.float32(1.1754944e-38):
             m = np.float32(1.0)
         scale[b, 0] = m
         for j in range(N):
             xs[b, j] = X[b, j] / m
+        bad += junk != 0
+    return bad
 
 
 dac_dynamic = njit_parallel(_dac_dynamic)

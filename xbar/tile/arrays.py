@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, NonFiniteError, ShapeError
+from ..kernels.reduce import finite_flat
 
 
 def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite: bool = True) -> np.ndarray:
@@ -18,7 +19,7 @@ def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite
     if (type(a) is np.ndarray and a.dtype == np.float32 and a.ndim == ndim and a.flags.c_contiguous
             and a.size and (cols is None or a.shape[-1] == cols)):
         # The hot path (training): already what the kernels take; only finiteness is left to check.
-        if check_finite and not np.isfinite(a).all():
+        if check_finite and not finite_flat(a.reshape(-1)):
             raise_nonfinite(name, a, a)
         return a
     try:

@@ -82,7 +82,7 @@ class Planner:
         if s.range == "local" and s.gain == "column" and W.dtype == np.float32:
             # max|w| per column and the column constants in the kernel: what _col_ranges' min, max
             # and abs and the numpy below give for a symmetric range
-            lo, hi, step, alpha = (np.empty(W.shape[1]) for _ in range(4))
+            lo, hi, step, alpha = np.empty((4, W.shape[1]))
             clipped = program_local_column(W, k_max, dstep, d.g_min_us, dstep, L, lo, hi, step, alpha,
                                            gp[0], gn[0], gd, g32, w32)
         else:
@@ -92,7 +92,7 @@ class Planner:
             clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
                                            gd, g32, w32)
         self._fresh(gd, g32, w32, lean)
-        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros(W.shape[1]),
+        return mp.Planes(None if lean else gp, None if lean else gn, np.array([1.0]), alpha, np.zeros(W.shape[1]),
                          int(clipped))
 
     def _fused_quant(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
