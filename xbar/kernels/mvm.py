@@ -177,16 +177,17 @@ def _dac_dynamic(X, xs, scale):
     bad = 0
     for b in prange(B):
         m = np.float32(0.0)
-        junk = np.float32(0.0)   # x * 0: 0 for a finite x, NaN otherwise
         for j in range(N):
             v = abs(X[b, j])
             m = max(m, v)
-            junk += X[b, j] * np.float32(0.0)
         if not m >= np.float32(1.1754944e-38):
             m = np.float32(1.0)
         scale[b, 0] = m
+        junk = np.float32(0.0)   # y * 0: 0 for a finite y, NaN otherwise (|y| <= 1 for a finite row)
         for j in range(N):
-            xs[b, j] = X[b, j] / m
+            y = X[b, j] / m
+            xs[b, j] = y
+            junk += y * np.float32(0.0)
         bad += junk != 0
     return bad
 
