@@ -12,7 +12,9 @@ I–V curves; other reads run the same stages tile by tile, `ReadPath._read_by_t
 `read.periphery` (the fused noise + ADC + accumulation kernel) and the scale undo. Nothing is
 re-implemented here, so the profile follows the code. Every stage is timed `--repeat` times (median);
 the whole `mvm` and numpy's `X @ W` are timed the same way. The second table times the same stages
-inside one sequence, where the hand-over between BLAS and numba thread pools shows up. Set the
+inside one sequence, where the hand-over between BLAS and numba thread pools shows up; the third
+re-runs the loop reads actually take (`ReadPath._read_by_tile`, row block by row block) with a
+timer around each of its calls. Set the
 thread environment variables (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, ...) before running to compare.
 """
 
@@ -100,6 +102,69 @@ def profile_in_sequence(shape, config: str, repeat: int) -> list[tuple[str, floa
     return rows
 
 
+def profile_by_tile(shape, config: str, repeat: int) -> list[tuple[str, float]]:
+    """The read as reads run it (``ReadPath._read_by_tile``: the fixed row blocks, each tile's
+    products consumed at once), its loop re-run here on one thread with a timer around each call:
+    x² (and its per-tile sums for additive noise), the mean and variance products, the noise + ADC
+    kernel. Milliseconds per read (medians over `repeat` reads of each part's total)."""
+    from xbar.kernels import rng as krng
+    from xbar.kernels.mvm import tile_accumulate_serial as kernel
+    from xbar.tile.rows import row_blocks
+    xb, X, _ = setup(shape, config)
+    rd = xb.read
+    if xb.adc_bits is None:
+        return []
+    xs, _ = rd.dac(X)
+    B, n_in = xs.shape
+    g, v, post, size, n_t = rd._tile_layout("fwd")
+    n_out, P, uniform = g.shape[-1], rd.shape[0], rd.var_uniform()
+    inv_step, step_post, qlo, qhi = rd.adc_params_for(P * n_t, n_out, post, "fwd")
+    Mb, Vb = np.empty((B, n_out), np.float32), np.empty((B, n_out), np.float32)
+    out, clipped = np.empty((B, n_out), np.float32), np.empty(B, np.int64)
+    key, no_var = np.uint64(krng.stream_key(np.uint64(1), np.uint64(1))), np.zeros((0, 0), np.float32)
+    parts: dict[str, list[float]] = {}
+
+    def done(name: str, t0: float) -> float:   # adds the time since t0 to part `name`; returns now
+        now = time.perf_counter()
+        parts.setdefault(name, [0.0])[-1] += now - t0
+        return now
+
+    for i in range(repeat + 1):
+        for r0, r1 in row_blocks(B):
+            x, Mr, Vr = xs[r0:r1], Mb[r0:r1], Vb[r0:r1]
+            t0 = time.perf_counter()
+            if v is not None or uniform is not None:
+                x2 = x * x
+                t0 = done("x²", t0)
+                if uniform is not None:
+                    x2sum = np.add.reduceat(x2, np.arange(0, n_in, size), axis=1)
+                    t0 = done("per-tile Σx² (additive)", t0)
+            for p in range(P):
+                for t in range(n_t):
+                    lo, hi = t * size, min((t + 1) * size, n_in)
+                    M = np.matmul(x[:, lo:hi], g[p, t, :hi - lo], out=Mr)
+                    t0 = done("mean products", t0)
+                    if v is not None:
+                        V = np.matmul(x2[:, lo:hi], v[p, t, :hi - lo], out=Vr)
+                        t0 = done("variance products", t0)
+                    elif uniform is not None:
+                        V = np.multiply(x2sum[:, t:t + 1], uniform[p])
+                        t0 = done("per-tile Σx² (additive)", t0)
+                    else:
+                        V = no_var
+                    k = p * n_t + t
+                    kernel(M, V, inv_step[k], step_post[k], qlo[k], qhi[k], post[k], key, (k * B + r0) * n_out,
+                           k == 0, out[r0:r1], clipped[r0:r1])
+                    t0 = done("noise + ADC kernel", t0)
+        if i == 0:   # warm-up read
+            parts = {k: [0.0] for k in parts}
+        elif i < repeat:
+            for lst in parts.values():
+                lst.append(0.0)
+    return [(f"by tile: {k} ({len(row_blocks(B))} row blocks)", float(np.median(lst)) * 1e3)
+            for k, lst in parts.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="256x1024x1024", help="BxINxOUT")
@@ -107,7 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=30)
     args = ap.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split("x"))
-    rows = profile(shape, args.config, args.repeat) + profile_in_sequence(shape, args.config, args.repeat)
+    rows = (profile(shape, args.config, args.repeat) + profile_in_sequence(shape, args.config, args.repeat)
+            + profile_by_tile(shape, args.config, args.repeat))
     th = thread_info()
     print(f"{args.config} at {args.shape}; numba {th['numba_threading_layer']} x{th['numba_num_threads']}, "
           f"env {{{', '.join(f'{k}={v}' for k, v in th['env'].items() if v is not None)}}}\n")
