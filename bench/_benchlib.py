@@ -38,6 +38,20 @@ def tune_allocator() -> bool:
     return tune()
 
 
+def time_calls(obj, name: str, key: str, acc: dict[str, float]) -> None:
+    """Wrap method `name` of the instance `obj` so that its wall time adds up in acc[key]."""
+    import time
+    fn = getattr(obj, name)
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+    setattr(obj, name, timed)
+
+
 def shape_id(shape) -> str:
     return "x".join(str(s) for s in shape)
 

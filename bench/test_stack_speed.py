@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 import pytest
-from _benchlib import tune_allocator
+from _benchlib import time_calls, tune_allocator
 
 STEPS = int(os.environ.get("XBAR_BENCH_STEPS", "100"))
 WARMUP = 5
@@ -169,15 +169,7 @@ def shares(rule: str, network: str, workload: str = "qat-noise", steps: int = 20
         acc: dict[str, float] = {}
 
         def wrap(obj, name, key, acc=acc):
-            fn = getattr(obj, name)
-
-            def timed(*a, **kw):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
-            setattr(obj, name, timed)
+            time_calls(obj, name, key, acc)
 
         with serial_kernels():
             for s in range(0, WARMUP * 64, 64):

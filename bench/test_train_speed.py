@@ -44,7 +44,7 @@ import time
 
 import numpy as np
 import pytest
-from _benchlib import tune_allocator
+from _benchlib import time_calls, tune_allocator
 
 NETWORK = "mlp-100x2"
 BATCH = 64
@@ -240,15 +240,7 @@ def profile_step(pair: str = "qat-3bit", steps: int = 300) -> list[tuple[str, fl
     acc: dict[str, float] = {}
 
     def wrap(obj, name, key):
-        fn = getattr(obj, name)
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
-        setattr(obj, name, timed)
+        time_calls(obj, name, key, acc)
 
     for layer in tr.net.layers:
         if layer.crossbar is not None:
