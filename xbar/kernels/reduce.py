@@ -5,6 +5,10 @@ output position, a few channels) costs numpy a ufunc inner-loop call per row: 1.
 (50176, 6), ten times this kernel. numpy adds the rows in order onto zeros, so the same order here
 gives the same bits (tests compare the two, signed zeros, NaN and inf included). A single
 column is summed pairwise by numpy (the reduced axis is then the contiguous one): left to numpy.
+
+The finiteness check of the crossbar's inputs and outputs is a reduction too: numpy's
+``isfinite(a).all()`` first writes a boolean mask as large as the array (15.8 µs for 784x100);
+``all_finite`` sums a * 0 instead (7.0 µs), and the tests compare it with numpy's.
 """
 
 from __future__ import annotations
