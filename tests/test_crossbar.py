@@ -588,6 +588,16 @@ def test_refused_inputs_name_the_value_and_count_no_read(io):
     assert xb.stats()["mvm_calls"] == refused
     xb.mvm(rand((3, 6), seed=1))
     assert xb.stats()["mvm_calls"] == refused + 1
+    # mvm_t alike (its input times the column gain meets the DAC)
+    for bad, message in ((np.inf, r"NaN or inf \(first at index \(2, 3\)\)"),
+                         (1e39, r"value 1e\+39 at index \(2, 3\) is beyond the float32 range")):
+        E = rand((3, 5), seed=2).astype(np.float64)
+        E[2, 3] = bad
+        with pytest.raises(ShapeError, match=message):
+            xb.mvm_t(E)
+    assert xb.stats()["mvm_t_calls"] == refused
+    xb.mvm_t(rand((3, 5), seed=2))
+    assert xb.stats()["mvm_t_calls"] == refused + 1
 
 
 @pytest.mark.parametrize("X", [

@@ -77,6 +77,7 @@ class Crossbar:
         # Ohmic cells without DAC or ADC: scaling the inputs would cancel out exactly, so skip it.
         # A nonlinear I–V curve needs the inputs as voltages up to v_read.
         self._analog_io = s.adc_bits is None and s.dac_bits is None and self.physics.read_iv.linear
+        self._dac_checks = s.dac_range == "dynamic"   # (its own pass checks mvm's and mvm_t's inputs)
         self._stats = {"programs": 0, "mvm_calls": 0, "mvm_t_calls": 0, "adc_conversions": 0,
                        "adc_clipped": 0, "dac_conversions": 0, "dac_clipped": 0, "weights_clipped": 0}
         self.read = ReadPath(s, device.window_us, self._stats, stream=s.seed)
@@ -180,9 +181,8 @@ class Crossbar:
         return self
 
     def _program_lean(self, W: np.ndarray, b_digital: np.ndarray | None) -> Crossbar:
-        """program() when the devices hold their targets exactly and reads need no read noise, I–V
-        terms, wires or state-dependent drift: the kernel writes the float32 read arrays alone and
-        the planes (the same values) are built from a copy of W when asked for (_planes)."""
+        """program() of exact devices whose reads need no noise, I–V terms, wires or state-dependent
+        drift: only the float32 read arrays; the planes follow from a copy of W on demand (_planes)."""
         planes = self.planner.plan(W, lean=True)
         self._stats["weights_clipped"] += planes.clipped
         self._stats["programs"] += 1
@@ -194,8 +194,7 @@ class Crossbar:
         return self
 
     def _planes(self) -> np.ndarray:
-        """A lean programming's planes, built now (the full kernel on the same weights, written
-        exactly: what program() would have stored); returns G+ - G- for the read path."""
+        """A lean programming's planes, built now (what program() would have stored); returns G+ - G-."""
         if self._pending is not None:
             W, self._pending = self._pending, None
             planes = self.planner.plan(W)
@@ -249,7 +248,7 @@ class Crossbar:
         self._check_programmed()
         st = self._state
         X0 = X   # (checked here, or on the output for analog inputs, or by a dynamic DAC in its pass)
-        X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self.settings.dac_range == "dynamic"))
+        X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self._dac_checks))
         if st.has_bias_row:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
         if self._analog_io:
@@ -257,7 +256,7 @@ class Crossbar:
             if st.b_digital is not None:
                 y += st.b_digital[None, :]
         else:
-            xs, scale = self.read.dac(X, "X", X0)
+            xs, scale = self.read.dac(X, lambda: raise_nonfinite("X", X0, X))
             y = undo_dac(self.read.read(xs, "fwd"), scale, st.b_digital)
         self._stats["mvm_calls"] += 1
         if self._beta32 is not None:
@@ -272,16 +271,17 @@ class Crossbar:
         """In-memory transposed product E @ W.T on the same devices: (batch, out) -> (batch, in)."""
         self._check_programmed()
         st = self._state
-        E0 = E
-        E = as_matrix("E", E, cols=st.shape[1], check_finite=self._analog_io is False)
-        self._stats["mvm_t_calls"] += 1
+        E0 = E   # (checked as mvm's X is; an overflow of E times the gain is named as one)
+        E = as_matrix("E", E, cols=st.shape[1], check_finite=not (self._analog_io or self._dac_checks))
         Ea = E * self._alpha32[None, :]      # the column gain is digital: applied before the DAC
         if self._analog_io:
+            self._stats["mvm_t_calls"] += 1
             y = self.read.read(Ea, "bwd")
             if not all_finite(y):
                 raise_nonfinite("E", E0, as_matrix("E", E0, cols=st.shape[1], check_finite=False))
         else:
-            es, scale = self.read.dac(Ea)
+            es, scale = self.read.dac(Ea, lambda: raise_nonfinite("E", E0, E))
+            self._stats["mvm_t_calls"] += 1
             y = undo_dac(self.read.read(es, "bwd"), scale)
         if self._beta32 is not None:
             y += (E @ self._beta32)[:, None] if self._mask32 is None else (E * self._beta32) @ self._mask32.T

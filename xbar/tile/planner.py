@@ -92,7 +92,7 @@ class Planner:
             clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
                                            gd, g32, w32)
         self._fresh(gd, g32, w32, lean)
-        return mp.Planes(None if lean else gp, None if lean else gn, np.array([1.0]), alpha, np.zeros(W.shape[1]),
+        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros(W.shape[1]),
                          int(clipped))
 
     def _fused_quant(self, W: np.ndarray, lean: bool = False) -> mp.Planes:

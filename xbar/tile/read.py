@@ -30,7 +30,6 @@ from ..kernels import pick
 from ..kernels import rng as krng
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_accumulate, tile_accumulate_serial
 from . import adc
-from .arrays import raise_nonfinite
 from .rows import row_blocks, run_blocks
 from .settings import Settings
 
@@ -183,16 +182,15 @@ class ReadPath:
         return self.cached(f"nl-stacks-{way}", lambda: tuple(None if k is None else stack(k) for k in self.nl))
 
     # ---- stages --------------------------------------------------------------------------------
-    def dac(self, X: np.ndarray, name: str | None = None, orig=None):
+    def dac(self, X: np.ndarray, on_bad=None):
         """Input scaling and DAC quantization; returns (driven inputs in [-1, 1], scale to undo).
-        name: a dynamic range checks X for NaN/inf in its pass (NonFiniteError naming it, indexed
-        into `orig`). One pass per row (numpy's max over 200,704 x 25 im2col rows took 11 ms)."""
+        on_bad: a dynamic range checks X for NaN/inf in its pass and calls on_bad() (which raises)
+        on one. One pass per row (numpy's max over 200,704 x 25 im2col rows took 11 ms)."""
         s = self.s
         if s.dac_range == "dynamic":
             xs, scale = np.empty_like(X), np.empty((X.shape[0], 1), np.float32)
-            n_bad = pick(dac_dynamic, dac_dynamic_serial, X.size)(X, xs, scale)
-            if n_bad and name is not None:
-                raise_nonfinite(name, X if orig is None else orig, X)
+            if pick(dac_dynamic, dac_dynamic_serial, X.size)(X, xs, scale) and on_bad is not None:
+                on_bad()
         else:
             scale = np.float32(s.dac_range)
             xs = X / scale
