@@ -82,7 +82,7 @@ class Crossbar:
                        "adc_clipped": 0, "dac_conversions": 0, "dac_clipped": 0, "weights_clipped": 0}
         self.read = ReadPath(s, device.window_us, self._stats, stream=s.seed)
         self._state: ArrayState | None = None
-        self._alpha_src = None         # the alpha array the periphery's float32 copies came from
+        self._alpha_src = self._beta_src = None   # the arrays the periphery's float32 copies came from
         ph = self.physics   # when reprogramming may write only the read arrays (_program_lean)
         self._lean = (self.planner.fused and s.replicas == 1 and s.ir_drop == "none" and ph.exact_write
                       and not (s.read_noise and is_active(ph.read_noise)) and ph.read_iv.linear
@@ -212,10 +212,12 @@ class Crossbar:
         lean: the planes are not built yet (no read variance or I–V terms to derive)."""
         st = self._state
         if st.alpha is not self._alpha_src or st.drift_compensation != 1.0:
-            # (a fixed range hands over the same alpha and beta arrays every program: convert once)
+            # (a fixed range: the same alpha and beta every program; no offset: the same zero beta)
             self._alpha_src = st.alpha if st.drift_compensation == 1.0 else None
-            self._alpha_eff = st.alpha * st.drift_compensation
+            self._alpha_eff = st.alpha if st.drift_compensation == 1.0 else st.alpha * st.drift_compensation
             self._alpha32 = self._alpha_eff.astype(np.float32)
+        if st.beta is not self._beta_src:
+            self._beta_src = st.beta
             self._beta32 = st.beta.astype(np.float32) if st.beta.any() else None
         self._mask32 = None if st.mask is None else st.mask.astype(np.float32)
         if lean:

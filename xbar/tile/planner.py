@@ -32,6 +32,10 @@ class Planner:
         # Kernel-ready arrays the fused quantizer built for the last plan (net G, float32 G and
         # forward weights), valid only when the write is exact: {"gd", "g32", "w_fwd32"} or None.
         self.fresh: dict[str, np.ndarray] | None = None
+        # The fused paths' constant outputs, the same (read-only) arrays every plan: the one
+        # plane's significance and a zero offset per column (the crossbar converts them once).
+        self._sig1 = _frozen(np.ones(1))
+        self._zeros: np.ndarray | None = None
 
     def plan(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
         """Target planes for W (rows, out) (the bias row already stacked when bias is "row").
@@ -65,9 +69,16 @@ class Planner:
     def _buffers(shape: tuple[int, int], lean: bool):
         """The fused kernels' outputs: gp, gn (1, rows, out), gd (rows, out) float64 (size 0 when
         lean: not written), g32 and w32 (rows, out) float32."""
-        full = (0, 0) if lean else shape
-        return (np.empty((1,) + full), np.empty((1,) + full), np.empty(full), np.empty(shape, np.float32),
+        if lean:
+            return _NONE3, _NONE3, _NONE2, np.empty(shape, np.float32), np.empty(shape, np.float32)
+        return (np.empty((1,) + shape), np.empty((1,) + shape), np.empty(shape), np.empty(shape, np.float32),
                 np.empty(shape, np.float32))
+
+    def _zero_offsets(self, n: int) -> np.ndarray:
+        """A read-only zero offset per column, the same array for every plan of n columns."""
+        if self._zeros is None or self._zeros.shape[0] != n:
+            self._zeros = _frozen(np.zeros(n))
+        return self._zeros
 
     def _fresh(self, gd, g32, w32, lean: bool):
         self.fresh = {"g32": g32, "w_fwd32": w32} if lean else {"gd": gd, "g32": g32, "w_fwd32": w32}
@@ -92,8 +103,8 @@ class Planner:
             clipped = program_differential(W, lo, hi, step, dstep, d.g_min_us, dstep, L, alpha, gp[0], gn[0],
                                            gd, g32, w32)
         self._fresh(gd, g32, w32, lean)
-        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, np.zeros(W.shape[1]),
-                         int(clipped))
+        return mp.Planes(None if lean else gp, None if lean else gn, self._sig1, alpha,
+                         self._zero_offsets(W.shape[1]), int(clipped))
 
     def _fused_quant(self, W: np.ndarray, lean: bool = False) -> mp.Planes:
         """The seed quantizers on a differential pair (analog or uniform device), in one pass."""
@@ -128,4 +139,14 @@ class Planner:
         clipped = program_quant_differential(W, lo, hi, nq, symm, dstep, d.g_min_us, lvl, top, snap, alpha,
                                              gp[0], gn[0], gd, g32, w32)
         self._fresh(gd, g32, w32, lean)
-        return mp.Planes(None if lean else gp, None if lean else gn, np.ones(1), alpha, beta, int(clipped))
+        return mp.Planes(None if lean else gp, None if lean else gn, self._sig1, alpha, beta, int(clipped))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+# A lean plan's unwritten float64 planes (size 0: the kernels skip them; writeable, as numba
+# compiles the kernels for writeable arrays).
+_NONE3, _NONE2 = np.empty((1, 0, 0)), np.empty((0, 0))
