@@ -79,6 +79,7 @@ class Adam(Optimizer):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
         self._tmp = [np.empty_like(p) for p in params]
+        self._flat: tuple = (None, ())   # (the params list they view, flat views of p, m, v)
 
     def step(self, grads):
         self.steps += 1
@@ -86,13 +87,18 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         step_size = _f32(self.lr / (1 - b1 ** t))
         bc2_sqrt = _f32((1 - b2 ** t) ** 0.5)
-        for p, g, m, v, tmp in zip(self.params, grads, self.m, self.v, self._tmp):
+        # the fused pass's constants, each the float32 the numpy path below uses
+        consts = np.array([1 - b1, b2, 1 - b2, self.eps, (1 - b2 ** t) ** 0.5, self.lr / (1 - b1 ** t)],
+                          np.float32)
+        if self._flat[0] is not self.params:   # (a tuple: reindex, which swaps the lists, leaves it)
+            self._flat = (self.params, tuple((p.reshape(-1), m.reshape(-1), v.reshape(-1))
+                                             for p, m, v in zip(self.params, self.m, self.v)))
+        for p, g, m, v, tmp, flat in zip(self.params, grads, self.m, self.v, self._tmp, self._flat[1]):
             g = self._decayed(g, p)
-            if p.dtype == np.float32 and g.dtype == np.float32 and p.flags.c_contiguous \
-                    and g.flags.c_contiguous and p.shape == g.shape:
-                # One fused pass, same float32 operations in the same order as below.
-                adam_step(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), _f32(1 - b1),
-                            _f32(b2), _f32(1 - b2), _f32(self.eps), bc2_sqrt, step_size)
+            if g.dtype == np.float32 and g.flags.c_contiguous and p.shape == g.shape:
+                # One fused pass, same float32 operations in the same order as below (on flat views
+                # of the parameters, C-contiguous float32 as the constructor checks, and moments).
+                adam_step(flat[0], g.reshape(-1), flat[1], flat[2], consts)
                 continue
             np.subtract(g, m, out=tmp)
             tmp *= _f32(1 - b1)
