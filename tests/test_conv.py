@@ -77,6 +77,27 @@ def test_im2col_and_col2im_equal_the_numpy_references(geom, force):
                                np.sum(x.astype(np.float64) * xc.col2im(g, x.shape, k, s, p)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5, 7])
+def test_im2col_runs_of_every_length_equal_the_reference(C):
+    """Every run length kw*C (1-35), through both compilations: the fixed-width copies of runs of
+    4-15 values (whose overrun is overwritten by the next run) at their bounds, with strides,
+    padding up to 3 and kernels up to the padded input, into a NaN-filled matrix (every entry written)."""
+    rng = np.random.default_rng(C)
+    for k in (1, 2, 3, 4, 5, 7):
+        for stride in (1, 2, 3):
+            for pad in (0, 1, 3):
+                for H, W in ((5, 8), (13, 7)):
+                    if k > min(H, W) + 2 * pad:
+                        continue
+                    x = rng.standard_normal((3, H, W, C)).astype(np.float32)
+                    ref = xc.im2col_reference(x, k, stride, pad)
+                    oh, ow = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+                    for f in (K.im2col_kernel, K.im2col_kernel_serial):
+                        cols = np.full(ref.shape, np.nan, np.float32)
+                        f(x, k, k, stride, pad, oh, ow, cols)
+                        np.testing.assert_array_equal(cols, ref, err_msg=f"C={C} k={k} s={stride} p={pad} {H}x{W}")
+
+
 def test_im2col_matches_torch_unfold_and_rejects_bad_input():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
