@@ -810,6 +810,27 @@ def test_noisy_tile_reads_same_bits_on_one_and_two_threads(kind, tile):
     assert not np.array_equal(outs[0][0], outs[0][1]), "each read draws fresh noise"
 
 
+@pytest.mark.parametrize("kind,tile", [("multiplicative", (64, 64)), ("additive", (32, 48))])
+def test_dac_squares_give_the_bits_of_squares_by_block(kind, tile, monkeypatch):
+    """Above SQUARE_MIN_BYTES per row block the dynamic DAC squares its outputs in its pass and the
+    tile read takes them: the same bits as squaring block by block, forward and transposed, and
+    one read advances the noise stream as before."""
+    from xbar.tile import read as rd
+    W, X, E = rand((40, 70), seed=1), rand((900, 40), seed=2), rand((900, 70), seed=3)
+    outs, given = [], []
+    by_tile = rd.ReadPath._read_by_tile
+    monkeypatch.setattr(rd.ReadPath, "_read_by_tile",
+                        lambda self, xs, way, x2_all=None: given.append(x2_all is not None) or by_tile(self, xs, way, x2_all))
+    for threshold in (1 << 62, 0):   # never, always
+        monkeypatch.setattr(rd, "SQUARE_MIN_BYTES", threshold)
+        xb = Crossbar(read_noise_device(kind), tile=tile, adc_bits=8, seed=4).program(W).calibrate(X, E)
+        outs.append([xb.mvm(X), xb.mvm(X), xb.mvm_t(E), xb.read.reads])
+        assert xb.read._squares is None   # taken by the read (no (B, n) array held after it)
+    assert given == [False] * 3 + [True] * 3
+    for a, b in zip(*outs):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
 def test_a_forked_child_reads_with_a_pool_of_its_own():
     """The row-block pool is per process: a child forked after the parent used it still reads."""
     import multiprocessing as mp

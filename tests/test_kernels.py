@@ -311,10 +311,15 @@ def test_finiteness_checks_match_numpy():
             X[row, r.integers(cols)] = (np.nan, np.inf, -np.inf, np.nan)[k]
         for kernel in (dac_dynamic, dac_dynamic_serial):
             xs, scale = np.empty_like(X), np.empty((rows, 1), np.float32)
-            assert kernel(X, xs, scale) == int((~np.isfinite(X).all(axis=1)).sum())
+            assert kernel(X, xs, scale, np.zeros((0, 0), np.float32)) == int((~np.isfinite(X).all(axis=1)).sum())
             ok = np.isfinite(X).all(axis=1)
             ref = np.abs(X[ok]).max(axis=1, keepdims=True)
             assert np.array_equal(scale[ok], np.where(ref >= 1.1754944e-38, ref, 1))
+            # squaring in the same pass: the same xs and scale, and xs * xs as numpy has it
+            xs2, scale2, x2 = np.empty_like(X), np.empty((rows, 1), np.float32), np.empty_like(X)
+            assert kernel(X, xs2, scale2, x2) == int((~np.isfinite(X).all(axis=1)).sum())
+            assert xs2[ok].tobytes() == xs[ok].tobytes() and scale2[ok].tobytes() == scale[ok].tobytes()
+            assert x2[ok].tobytes() == (xs[ok] * xs[ok]).tobytes()
 
 
 def test_undo_scale_kernel_has_numpys_bits():

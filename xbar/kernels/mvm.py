@@ -165,15 +165,18 @@ def tile_periphery_reference(M, V, step, qlo, qhi, post, z):
     return out, nclip
 
 
-def _dac_dynamic(X, xs, scale):
+def _dac_dynamic(X, xs, scale, x2):
     """Dynamic input scaling of the DAC: scale[b] = max_j |X[b, j]| (1 where that is 0 or
-    subnormal) and xs = X / scale, one pass per row; threads split the rows. Returns the number of
-    rows holding a NaN or inf (the caller's finiteness check, without a pass of its own).
+    subnormal) and xs = X / scale, one pass per row; threads split the rows. With x2 of X's shape
+    (not size 0) also x2 = xs * xs, which a noisy read's variance products take (a pass over xs
+    less). Returns the number of rows holding a NaN or inf (the caller's finiteness check, without
+    a pass of its own).
 
     A subnormal row maximum (< 1.18e-38) would make the reciprocal that fast-math division uses
     overflow to inf; such a row is read unscaled (its products are below float32's range anyway).
     """
     B, N = X.shape
+    squares = x2.size > 0
     bad = 0
     for b in prange(B):
         m = np.float32(0.0)
@@ -184,10 +187,17 @@ def _dac_dynamic(X, xs, scale):
             m = np.float32(1.0)
         scale[b, 0] = m
         junk = np.float32(0.0)   # y * 0: 0 for a finite y, NaN otherwise (|y| <= 1 for a finite row)
-        for j in range(N):
-            y = X[b, j] / m
-            xs[b, j] = y
-            junk += y * np.float32(0.0)
+        if squares:   # (two loops: a store under a branch would keep the loop from vectorizing)
+            for j in range(N):
+                y = X[b, j] / m
+                xs[b, j] = y
+                x2[b, j] = y * y
+                junk += y * np.float32(0.0)
+        else:
+            for j in range(N):
+                y = X[b, j] / m
+                xs[b, j] = y
+                junk += y * np.float32(0.0)
         bad += junk != 0
     return bad
 
