@@ -661,3 +661,67 @@ def test_cifar10_rows_reach_the_first_convolution_in_channel_order(tmp_path):
     r = train({"network": "vgg-small-binary", "dataset": "cifar10", "data_dir": str(tmp_path), "epochs": 1,
                "batch_size": 5, "seed": 1})
     assert r["status"] == "ok" and r["network"]["widths"][:2] == [3072, 32768]
+
+
+# ---- im2col rows without their matrix: the DAC gathers them -----------------------------------------
+
+def _noisy(kind="multiplicative"):
+    return Device.from_dict({"name": f"noisy-{kind}", "g_min_us": 0.1, "g_max_us": 1.0, "bits": 3,
+                             "read_noise_rel": 0.05, "read_noise_kind": kind})
+
+
+@pytest.mark.parametrize("opts", [{"adc_bits": 8}, {"adc_bits": 8, "kind": "additive"}, {"adc_bits": 6, "dac_bits": 5},
+                                  {"dac_bits": None, "adc_bits": None}, {"adc_bits": 8, "bias": "row"},
+                                  {"adc_bits": 8, "dac_range": 2.0}, {"adc_bits": 8, "offset": True}], ids=str)
+def test_mvm_of_patches_gives_the_bits_of_the_im2col_matrix(opts, force):
+    """Crossbar.mvm of Patches (a dynamic DAC gathers and scales each image's rows itself; everything
+    else builds the matrix): outputs, counters and the noise stream exactly as mvm(im2col(...))."""
+    opts = dict(opts)
+    kind, offset = opts.pop("kind", "multiplicative"), opts.pop("offset", False)
+    rng = np.random.default_rng(7)
+    for B, H, C, k, s, p, n_out in [(3, 9, 1, 5, 1, 2, 6), (2, 8, 6, 3, 2, 1, 16), (4, 7, 3, 3, 1, 0, 5)]:
+        x = rng.standard_normal((B, H, H, C)).astype(np.float32)
+        W = rng.uniform(-1, 1, (k * k * C, n_out)).astype(np.float32)
+        b = rng.uniform(-1, 1, n_out).astype(np.float32)
+        outs = []
+        for lazy in (False, True):
+            xb = Crossbar(_noisy(kind), tile=(16, 8), seed=2, range="local" if not offset else "global",
+                          mapping="offset" if offset else "differential", **opts).program(W, b)
+            rows = (xc.patches if lazy else xc.im2col)(x, k, s, p)
+            outs.append([xb.mvm(rows), xb.mvm(rows), xb.stats(), xb.read.reads])
+        for got, want in zip(outs[1], outs[0]):
+            if isinstance(want, np.ndarray):
+                assert got.tobytes() == want.tobytes()
+            else:
+                assert got == want
+
+
+def test_mvm_of_patches_names_a_bad_value_and_width():
+    xb = Crossbar(_noisy(), tile=(16, 8), adc_bits=8).program(np.ones((25, 4), np.float32))
+    x = np.ones((2, 6, 6, 1), np.float32)
+    x[1, 2, 3, 0] = np.nan
+    for rows in (xc.im2col(x, 5, 1, 2), xc.patches(x, 5, 1, 2)):   # the same message either way
+        with pytest.raises(ShapeError, match=r"^X: contains NaN or inf \(first at index \(37, 24\)\)$"):
+            xb.mvm(rows)
+    assert xb.stats()["mvm_calls"] == 0
+    with pytest.raises(ShapeError, match="expected rows of 25 values, got im2col rows of 9"):
+        xb.mvm(xc.patches(x, 3, 1, 1))
+
+
+def test_lenet5_inference_reads_patches_with_the_bits_of_the_matrix(monkeypatch):
+    """Network.predict on noisy 3-bit crossbars with ADCs (a conv layer's inference read takes
+    Patches) equals the same network reading the im2col matrix, bit for bit."""
+    from xbar.nn import conv as nconv
+    X = np.random.default_rng(0).standard_normal((20, 784)).astype(np.float32)
+    outs = []
+    for lazy in (True, False):
+        net = NetworkSpec.preset("lenet5").build(784, 10, np.random.default_rng(1))
+        dev = Device.preset("ideal").with_(bits=3, read_noise_rel=0.02, read_noise_kind="multiplicative")
+        for i, layer in enumerate(net.layers):
+            layer.crossbar = Crossbar(dev, tile=(64, 64), adc_bits=8, seed=i)
+            layer.program()
+        net.calibrate(X)
+        if not lazy:
+            monkeypatch.setattr(nconv.Conv2d, "_cols", lambda self, x, lazy=False, f=nconv.Conv2d._cols: f(self, x))
+        outs.append(net.predict(X, 8).tobytes())
+    assert outs[0] == outs[1]

@@ -27,7 +27,7 @@ from .device import Device
 from .errors import ConfigError, ShapeError
 from .kernels.mvm import undo_dac
 from .kernels.reduce import all_finite
-from .tile.arrays import as_matrix, check_fits, crossbar_bytes, raise_nonfinite
+from .tile.arrays import Patches, as_matrix, check_fits, crossbar_bytes, raise_nonfinite
 from .tile.drift import check_drift_args, drifted_copy
 from .tile.physics import DeviceArray, is_active
 from .tile.planner import Planner
@@ -246,11 +246,19 @@ class Crossbar:
 
     # ---- reading --------------------------------------------------------------------------------
     def mvm(self, X) -> np.ndarray:
-        """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32."""
+        """In-memory product X @ W (+ b): (batch, in) -> (batch, out) float32. X may be im2col's
+        rows without their matrix (xbar.tile.arrays.Patches), which a dynamic DAC gathers itself."""
         self._check_programmed()
         st = self._state
+        if isinstance(X, Patches) and (self._analog_io or not self._dac_checks or st.has_bias_row
+                                       or self._beta32 is not None):
+            X = X.matrix()   # (the read needs the rows as they are)
         X0 = X   # (checked here, or on the output for analog inputs, or by a dynamic DAC in its pass)
-        X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self._dac_checks))
+        if isinstance(X, Patches):
+            if X.shape[1] != st.n_in:
+                raise ShapeError(f"X: expected rows of {st.n_in} values, got im2col rows of {X.shape[1]}")
+        else:
+            X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self._dac_checks))
         if st.has_bias_row:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
         if self._analog_io:
@@ -258,7 +266,8 @@ class Crossbar:
             if st.b_digital is not None:
                 y += st.b_digital[None, :]
         else:
-            xs, scale = self.read.dac(X, lambda: raise_nonfinite("X", X0, X))
+            xs, scale = self.read.dac(X, lambda: raise_nonfinite("X", *[X.matrix()] * 2) if isinstance(X, Patches)
+                                      else raise_nonfinite("X", X0, X))
             y = undo_dac(self.read.read(xs, "fwd"), scale, st.b_digital)
         self._stats["mvm_calls"] += 1
         if self._beta32 is not None:

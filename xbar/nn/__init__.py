@@ -69,6 +69,7 @@ from .ops import (
     im2col_reference,
     maxpool2d,
     maxpool2d_backward,
+    patches,
     pool_reference,
 )
 from .periphery import BatchNorm, Dropout, Pool, Residual
@@ -79,4 +80,4 @@ __all__ = ["ACTIVATIONS", "CROSSBAR_KINDS", "HIDDEN_ACTIVATIONS", "LAYER_FIELDS"
            "BatchNorm", "Cache", "Conv2d", "CrossbarLayer", "Dense", "Dropout", "LayerSpec", "Network",
            "NetworkSpec", "Pool", "Residual", "avgpool2d", "avgpool2d_backward", "binarize", "binary_grad",
            "col2im", "col2im_reference", "conv_out", "im2col", "im2col_reference", "log_softmax",
-           "loss_and_error", "maxpool2d", "maxpool2d_backward", "pool_reference", "sign"]
+           "loss_and_error", "maxpool2d", "maxpool2d_backward", "patches", "pool_reference", "sign"]

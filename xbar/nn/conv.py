@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .layers import CrossbarLayer
-from .ops import col2im, conv_out, im2col
+from .ops import col2im, conv_out, im2col, patches
 
 
 class Conv2d(CrossbarLayer):
@@ -70,7 +70,7 @@ class Conv2d(CrossbarLayer):
         self.act_shape = self.out_shape = op.out_shape(self.act_shape)
         self.out_size = math.prod(self.out_shape)
 
-    def _cols(self, x):
+    def _cols(self, x, lazy=False):
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.in_size:
             raise ShapeError(f"{self!r}: expected input rows of {self.in_size} values "
@@ -78,7 +78,7 @@ class Conv2d(CrossbarLayer):
         B = x.shape[0]
         C, H, W = self.in_shape
         x4 = x.reshape(B, C, H, W).transpose(0, 2, 3, 1) if self.chw_input else x.reshape(B, H, W, C)
-        return im2col(x4, self.kernel, self.stride, self.padding)
+        return (patches if lazy else im2col)(x4, self.kernel, self.stride, self.padding)
 
     def _uncols(self, d):
         oh, ow, _ = self.conv_shape

@@ -183,8 +183,9 @@ class CrossbarLayer:
         self.head.append(op)
 
     # -- shape hooks (Dense: identities; Conv2d: im2col and feature maps) ------------------------
-    def _cols(self, x: np.ndarray) -> np.ndarray:
-        """The crossbar's input rows for layer input x (batch, in_size)."""
+    def _cols(self, x: np.ndarray, lazy: bool = False) -> np.ndarray:
+        """The crossbar's input rows for layer input x (batch, in_size); lazy: rows that only a
+        crossbar read takes (a convolution's im2col rows without their matrix, Patches)."""
         return x
 
     def _uncols(self, d: np.ndarray) -> np.ndarray:
@@ -208,7 +209,7 @@ class CrossbarLayer:
         skips: for the tail's residual additions, in order, (value, cache of its source or None);
         the Network passes them.
         """
-        cols = self._cols(x)
+        cols = self._cols(x, lazy=not train and self.crossbar is not None)   # (inference: no gradients)
         if self.crossbar is not None:
             a = self.crossbar.mvm(cols)
         else:

@@ -41,14 +41,18 @@ def _dispatch(name: str, n: int):
 
 def im2col(x, kernel: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """Patches of x (B, H, W, C) as rows: (B·OH·OW, kernel·kernel·C) float32, a new array."""
+    return patches(x, kernel, stride, padding).matrix()
+
+
+def patches(x, kernel: int, stride: int = 1, padding: int = 0):
+    """im2col's rows of x (B, H, W, C), validated, without the matrix (xbar.tile.arrays.Patches:
+    Crossbar.mvm takes them, and a dynamic DAC gathers them itself)."""
+    from ..tile.arrays import Patches
     x = _maps("x", x)
-    B, H, W, C = x.shape
-    oh, ow = conv_out(H, kernel, stride, padding), conv_out(W, kernel, stride, padding)
-    if oh < 1 or ow < 1:
+    _, H, W, _ = x.shape
+    if conv_out(H, kernel, stride, padding) < 1 or conv_out(W, kernel, stride, padding) < 1:
         raise ShapeError(f"im2col: kernel {kernel} (padding {padding}) is larger than the {H}x{W} input")
-    cols = np.empty((B * oh * ow, kernel * kernel * C), np.float32)
-    _dispatch("im2col_kernel", cols.size)(x, kernel, kernel, stride, padding, oh, ow, cols)
-    return cols
+    return Patches(x, kernel, stride, padding)
 
 
 def col2im(cols, shape: tuple[int, int, int, int], kernel: int, stride: int = 1, padding: int = 0) -> np.ndarray:

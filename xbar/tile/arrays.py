@@ -41,6 +41,39 @@ def as_matrix(name: str, a, ndim: int = 2, cols: int | None = None, check_finite
     return arr32
 
 
+class Patches:
+    """The im2col rows of feature maps, (B·OH·OW, kernel·kernel·C), without the matrix: what a
+    convolution's inference read hands Crossbar.mvm in place of ``xbar.nn.ops.im2col(x, ...)``.
+
+    x: (B, H, W, C) float32 C-contiguous (the caller validated it and the geometry). A dynamic DAC
+    gathers and scales the rows image by image (:meth:`dac`, the bits of im2col and then the DAC,
+    without writing and reading back the matrix); every other read builds the matrix (:meth:`matrix`).
+    """
+
+    def __init__(self, x: np.ndarray, kernel: int, stride: int = 1, padding: int = 0):
+        self.x, self.kernel, self.stride, self.padding = x, kernel, stride, padding
+        B, H, W, C = x.shape
+        self.oh, self.ow = (H + 2 * padding - kernel) // stride + 1, (W + 2 * padding - kernel) // stride + 1
+        self.shape = (B * self.oh * self.ow, kernel * kernel * C)
+
+    def _run(self, name: str, *out) -> int:
+        from ..kernels import im2col, pick
+        k = self.kernel
+        kernel = pick(getattr(im2col, name), getattr(im2col, name + "_serial"), out[0].size)
+        return kernel(self.x, k, k, self.stride, self.padding, self.oh, self.ow, *out)
+
+    def matrix(self) -> np.ndarray:
+        """The rows as a new (B·OH·OW, kernel·kernel·C) float32 matrix (padded positions 0)."""
+        cols = np.empty(self.shape, np.float32)
+        self._run("im2col_kernel", cols)
+        return cols
+
+    def dac(self, xs: np.ndarray, scale: np.ndarray, x2: np.ndarray) -> int:
+        """The dynamic DAC of the rows (xbar.kernels.mvm.dac_dynamic's outputs, written into xs,
+        scale and x2 (size 0: no squares)); returns the number of rows holding a NaN or inf."""
+        return self._run("im2col_dac_kernel", xs, scale, x2)
+
+
 def raise_nonfinite(name: str, orig, arr32: np.ndarray) -> None:
     """Raise a ShapeError naming the first NaN/inf (or float32 overflow) in an input."""
     where = np.argwhere(~np.isfinite(arr32))

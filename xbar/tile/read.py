@@ -5,11 +5,10 @@ conductances per plane ``gd`` (P, rows, out), the read variance (or None), the p
 and the digital column gain. Its stages are public so tests and ``bench/profile_read.py`` call
 them instead of copying them:
 
-- :meth:`dac` — input scaling and DAC quantization;
-- :meth:`tile_currents` — per-tile mean currents and variances (one BLAS product per tile, plus
-  one per nonzero term of a nonlinear read I–V curve);
+- :meth:`dac` — input scaling and DAC quantization; :meth:`tile_currents` — per-tile mean currents
+  and variances (one BLAS product per tile, plus one per nonzero term of a nonlinear I–V curve);
 - :meth:`adc_params` — per-tile ADC steps, code bounds and gains (calibrating on first use);
-- :meth:`periphery` — the fused kernel over all tiles: read noise, ADC and partial-sum add;
+  :meth:`periphery` — the fused kernel over all tiles: read noise, ADC and partial-sum add;
 - :meth:`read` — all of the above for inputs already through the DAC.
 
 :meth:`read` itself runs the stages tile by tile (:meth:`_read_by_tile`): each tile's products go
@@ -17,8 +16,7 @@ to the kernel right after BLAS, on row blocks that the threads share (:mod:`xbar
 first read of a self-calibrating ADC, ADC error models and nonlinear I–V curves take the stages
 as listed (the same draws: draw (t·B + b)·N + j of the read's stream for tile t, row b, output j).
 
-Read noise comes from a counter-based stream ``(stream, reads)``: each read advances ``reads``.
-"""
+Read noise comes from a counter-based stream ``(stream, reads)``: each read advances ``reads``."""
 
 from __future__ import annotations
 
@@ -30,6 +28,7 @@ from ..kernels import pick
 from ..kernels import rng as krng
 from ..kernels.mvm import dac_dynamic, dac_dynamic_serial, tile_accumulate, tile_accumulate_serial
 from . import adc
+from .arrays import Patches
 from .rows import row_blocks, run_blocks
 from .settings import Settings
 
@@ -177,20 +176,23 @@ class ReadPath:
     # ---- stages --------------------------------------------------------------------------------
     def dac(self, X: np.ndarray, on_bad=None):
         """Input scaling and DAC quantization; returns (driven inputs in [-1, 1], scale to undo).
-        on_bad: a dynamic range checks X for NaN/inf in its pass and calls on_bad() (which raises)
-        on one. One pass per row (numpy's max over 200,704 x 25 im2col rows took 11 ms)."""
+        on_bad: a dynamic range checks X (a matrix or Patches) for NaN/inf in its pass and calls
+        on_bad() (which raises) on one. One pass per row (numpy's max over 200,704 x 25 rows: 11 ms)."""
         s = self.s
-        if s.dac_range == "dynamic":
-            xs, scale = np.empty_like(X), np.empty((X.shape[0], 1), np.float32)
+        if s.dac_range == "dynamic":   # (im2col's rows, Patches, are gathered in this pass)
+            (B, n), f32 = X.shape, np.float32
+            xs, scale = np.empty((B, n), f32), np.empty((B, 1), f32)
             # a noisy read by tile takes xs²: squared in this pass when a row block's x² would not stay in
             # cache anyway (lenet5's 200,704 x 25 im2col read: 7-8 % faster; 1000 x 784: 3-7 % slower)
-            x2 = np.empty_like(X) if (s.dac_bits is None and s.adc_bits is not None and self.var is not None
-                                      and self.nl is None and not self._adc_error_model()
-                                      and row_blocks(X.shape[0])[0][1] * X.shape[1] * 4 > SQUARE_MIN_BYTES) else _NO_VAR
-            if pick(dac_dynamic, dac_dynamic_serial, X.size)(X, xs, scale, x2) and on_bad is not None:
+            x2 = np.empty((B, n), f32) if (s.dac_bits is None and s.adc_bits is not None and self.var is not None
+                                           and self.nl is None and not self._adc_error_model()
+                                           and row_blocks(B)[0][1] * n * 4 > SQUARE_MIN_BYTES) else _NO_VAR
+            if (X.dac(xs, scale, x2) if isinstance(X, Patches) else
+                    pick(dac_dynamic, dac_dynamic_serial, X.size)(X, xs, scale, x2)) and on_bad is not None:
                 on_bad()
             self._squares = (xs, x2) if x2.size else None
         else:
+            X = X.matrix() if isinstance(X, Patches) else X
             scale = np.float32(s.dac_range)
             xs = X / scale
             n_over = int(np.count_nonzero(np.abs(xs) > 1.0))
@@ -200,7 +202,7 @@ class ReadPath:
         if s.dac_bits is not None:
             n = np.float32(2 ** (s.dac_bits - 1) - 1)
             xs = np.round(xs * n) / n
-            self.stats["dac_conversions"] += X.size
+            self.stats["dac_conversions"] += xs.size
         return np.ascontiguousarray(xs, dtype=np.float32), scale
 
     def read(self, xs: np.ndarray, way: str) -> np.ndarray:
@@ -247,9 +249,8 @@ class ReadPath:
         (a calibrated range calibrates on its first read)."""
         if self.s.adc_range != "calibrated":
             return True
-        n_t, n_out = (self.nrt, self.shape[2]) if way == "fwd" else (self.nct, self.shape[1])
-        group = self.s.tile[1] if way == "fwd" else self.s.tile[0]
-        fs = self.adc_fs[way]
+        (n_t, n_out, group), fs = (self.nrt, self.shape[2], self.s.tile[1]) if way == "fwd" else \
+            (self.nct, self.shape[1], self.s.tile[0]), self.adc_fs[way]
         return fs is not None and fs.shape == (self.shape[0] * n_t, -(-n_out // group))
 
     def _read_by_tile(self, xs: np.ndarray, way: str, x2_all: np.ndarray | None = None) -> np.ndarray:
