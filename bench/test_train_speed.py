@@ -182,19 +182,23 @@ CASES = [("float", "torch"), ("float", "floor"), ("float", "floor-adam"), ("floa
 FLOOR_TARGET = 1.25   # issue 11: a float epoch within 1.25x of the floor below
 
 
+def floor_grads(Ws, x) -> list:
+    """One batch's eight GEMMs of forward and backward (three products forward, two for the
+    deltas, three weight gradients), numpy float32; returns the weight gradients."""
+    W1, W2, W3 = Ws
+    h1 = x @ W1
+    h2 = h1 @ W2
+    o = h2 @ W3
+    d2 = o @ W3.T
+    d1 = d2 @ W2.T
+    return [x.T @ d1, h1.T @ d2, h2.T @ o]
+
+
 def floor_epoch(Ws, X, perm) -> None:
     """The floor of a float epoch of mlp-100x2 (issue 11): per batch the gather and the eight
-    GEMMs of forward and backward (three products forward, three weight gradients, two products
-    for the deltas), numpy float32, nothing else (no activations, loss or optimizer)."""
-    W1, W2, W3 = Ws
+    GEMMs (floor_grads), nothing else (no activations, loss or optimizer)."""
     for s in range(0, len(perm), BATCH):
-        x = X[perm[s:s + BATCH]]
-        h1 = x @ W1
-        h2 = h1 @ W2
-        o = h2 @ W3
-        d2 = o @ W3.T
-        d1 = d2 @ W2.T
-        _ = (x.T @ d1, h1.T @ d2, h2.T @ o)
+        floor_grads(Ws, X[perm[s:s + BATCH]])
 
 
 def floor_adam_epoch(Ws, X, perm, opt) -> None:
@@ -203,16 +207,9 @@ def floor_adam_epoch(Ws, X, perm, opt) -> None:
     optimizer) of the three weights and three biases from the three products' gradients (zero
     bias gradients). What is left of a float epoch beyond this is the loss, the activations, the
     biases and Python."""
-    W1, W2, W3 = Ws
     zeros = [np.zeros(W.shape[1], np.float32) for W in Ws]
     for s in range(0, len(perm), BATCH):
-        x = X[perm[s:s + BATCH]]
-        h1 = x @ W1
-        h2 = h1 @ W2
-        o = h2 @ W3
-        d2 = o @ W3.T
-        d1 = d2 @ W2.T
-        opt.step([x.T @ d1, h1.T @ d2, h2.T @ o] + zeros)
+        opt.step(floor_grads(Ws, X[perm[s:s + BATCH]]) + zeros)
 
 
 def _floor_weights():
