@@ -725,3 +725,18 @@ def test_lenet5_inference_reads_patches_with_the_bits_of_the_matrix(monkeypatch)
             monkeypatch.setattr(nconv.Conv2d, "_cols", lambda self, x, lazy=False, f=nconv.Conv2d._cols: f(self, x))
         outs.append(net.predict(X, 8).tobytes())
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("on_crossbars", [False, True])
+def test_an_empty_batch_goes_through_a_conv_network(on_crossbars):
+    """Zero rows in, zero rows out, in training and in inference (a reshape by -1 of an empty
+    array used to raise inside the layer)."""
+    net = NetworkSpec.preset("lenet5").build(784, 10, np.random.default_rng(1))
+    if on_crossbars:
+        for i, layer in enumerate(net.layers):
+            layer.crossbar = Crossbar(_noisy(), tile=(64, 64), adc_bits=8, seed=i)
+            layer.program()
+        net.calibrate(np.random.default_rng(0).standard_normal((4, 784)).astype(np.float32))
+    for train in (False, True):
+        out, _ = net.forward(np.zeros((0, 784), np.float32), train)
+        assert out.shape == (0, 10) and out.dtype == np.float32

@@ -245,9 +245,9 @@ class CrossbarLayer:
                 else:
                     y, c = op.forward(y, train)
                 tail_caches.append((c, y.shape))
-            z = y.reshape(batch, -1)
+            z = y.reshape(batch, self.out_size)   # (out_size: an empty batch has no -1)
         else:
-            z = za if za.shape[0] == batch else za.reshape(batch, -1)
+            z = za if za.shape[0] == batch else za.reshape(batch, self.out_size)
         return z, Cache(x, a, z, cols=None if cols is x else cols, h=None if h is a else h,
                         act=None if za is z else za, bn=bn_cache, tail=tail_caches, head=head_caches)
 
