@@ -322,6 +322,29 @@ def test_finiteness_checks_match_numpy():
             assert x2[ok].tobytes() == (xs[ok] * xs[ok]).tobytes()
 
 
+def test_bias_add_with_check_and_column_scaling_have_numpys_bits():
+    # Crossbar.mvm's digital bias added and its output checked in one call, and mvm_t's column
+    # gain: numpy's broadcast add / multiply bit for bit (signed zeros, huge values, NaN and inf)
+    from xbar.kernels.mvm import scale_columns
+    from xbar.kernels.reduce import add_row_finite
+    r = np.random.default_rng(5)
+    for n, m in [(1, 1), (64, 10), (64, 100), (7, 784), (1000, 3)]:
+        y = (r.standard_normal((n, m)) * 1e3).astype(np.float32)
+        y[0, 0] = -0.0
+        b = r.standard_normal(m).astype(np.float32)
+        b[0] = 0.0
+        for bad in (None, np.nan, np.inf, 3e38):
+            yb = y.copy()
+            if bad is not None:
+                yb[n // 2, m // 2] = bad
+            with np.errstate(all="ignore"):
+                want, prod = yb + b[None, :], yb * b[None, :]
+            got = yb.copy()
+            assert add_row_finite(got, b) == bool(np.isfinite(want).all())
+            assert got.tobytes() == want.tobytes()
+            assert scale_columns(yb, b).tobytes() == prod.tobytes()
+
+
 def test_undo_scale_kernel_has_numpys_bits():
     # the DAC's per-row scale undone and the digital bias added in one pass: numpy's y *= scale;
     # y += b, bit for bit (a fixed scalar range stays numpy's)

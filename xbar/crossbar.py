@@ -25,8 +25,8 @@ import numpy as np
 
 from .device import Device
 from .errors import ConfigError, ShapeError
-from .kernels.mvm import undo_dac
-from .kernels.reduce import all_finite
+from .kernels.mvm import scale_columns, undo_dac
+from .kernels.reduce import add_row_finite, all_finite
 from .tile.arrays import Patches, as_matrix, check_fits, crossbar_bytes, raise_nonfinite
 from .tile.drift import check_drift_args, drifted_copy
 from .tile.physics import DeviceArray, is_active
@@ -261,9 +261,12 @@ class Crossbar:
             X = as_matrix("X", X, cols=st.n_in, check_finite=not (self._analog_io or self._dac_checks))
         if st.has_bias_row:
             X = np.hstack([X, np.ones((X.shape[0], 1), np.float32)])
+        checked = None
         if self._analog_io:
             y = self.read.read(X, "fwd")   # no DAC, no ADC: input scaling would cancel out exactly
-            if st.b_digital is not None:
+            if st.b_digital is not None and self._beta32 is None:   # the bias and the output check at once
+                checked = add_row_finite(y, st.b_digital)
+            elif st.b_digital is not None:
                 y += st.b_digital[None, :]
         else:
             xs, scale = self.read.dac(X, lambda: raise_nonfinite("X", *[X.matrix()] * 2) if isinstance(X, Patches)
@@ -274,7 +277,7 @@ class Crossbar:
             # the digital offset belongs to the cells in use only
             xs = X.sum(axis=1, keepdims=True) if self._mask32 is None else X @ self._mask32
             y += xs * self._beta32[None, :]
-        if self._analog_io and not all_finite(y):
+        if self._analog_io and not (all_finite(y) if checked is None else checked):
             raise_nonfinite("X", X0, as_matrix("X", X0, cols=st.n_in, check_finite=False))
         return y
 
@@ -284,7 +287,7 @@ class Crossbar:
         st = self._state
         E0 = E   # (checked as mvm's X is; an overflow of E times the gain is named as one)
         E = as_matrix("E", E, cols=st.shape[1], check_finite=not (self._analog_io or self._dac_checks))
-        Ea = E * self._alpha32[None, :]      # the column gain is digital: applied before the DAC
+        Ea = scale_columns(E, self._alpha32)   # the column gain is digital: applied before the DAC
         if self._analog_io:
             self._stats["mvm_t_calls"] += 1
             y = self.read.read(Ea, "bwd")

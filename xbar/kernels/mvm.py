@@ -224,6 +224,18 @@ def undo_scale(y, scale, b):
                 y[i, j] = y[i, j] * s
 
 
+@njit_exact
+def scale_columns(E, a):
+    """E * a[None, :] as a new float32 array (numpy's float32 products, the same bits), without
+    numpy's broadcasting machinery (~4 µs a call on a batch of 64)."""
+    out = np.empty_like(E)
+    for i in range(E.shape[0]):
+        row, src = out[i], E[i]
+        for j in range(E.shape[1]):
+            row[j] = src[j] * a[j]
+    return out
+
+
 _NO_B = np.zeros(0, dtype=np.float32)
 
 

@@ -32,6 +32,18 @@ def finite_flat(a):
     return acc == 0
 
 
+@njit
+def add_row_finite(y, b):
+    """y += b[None, :] in place for C-contiguous y (numpy's float32 add: the same bits), then
+    whether every result is finite (finite_flat): a digital bias and the output check in one call
+    (numpy's broadcast add and the check: 6.5 µs on (64, 100), this 1.5 µs)."""
+    for i in range(y.shape[0]):
+        row = y[i]
+        for j in range(y.shape[1]):
+            row[j] += b[j]
+    return finite_flat(y.reshape(-1))
+
+
 def all_finite(a: np.ndarray) -> bool:
     """``np.isfinite(a).all()``, without the mask for C-contiguous float32/float64 arrays."""
     if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
