@@ -85,11 +85,10 @@ class Adam(Optimizer):
         self.steps += 1
         t = self.steps
         b1, b2 = self.beta1, self.beta2
-        step_size = _f32(self.lr / (1 - b1 ** t))
-        bc2_sqrt = _f32((1 - b2 ** t) ** 0.5)
-        # the fused pass's constants, each the float32 the numpy path below uses
+        # the step's float32 constants, for the fused pass and the numpy path below alike
         consts = np.array([1 - b1, b2, 1 - b2, self.eps, (1 - b2 ** t) ** 0.5, self.lr / (1 - b1 ** t)],
                           np.float32)
+        bc2_sqrt, step_size = consts[4], consts[5]
         if self._flat[0] is not self.params:   # (a tuple: reindex, which swaps the lists, leaves it)
             self._flat = (self.params, tuple((p.reshape(-1), m.reshape(-1), v.reshape(-1))
                                              for p, m, v in zip(self.params, self.m, self.v)))
@@ -101,15 +100,15 @@ class Adam(Optimizer):
                 adam_step(flat[0], g.reshape(-1), flat[1], flat[2], consts)
                 continue
             np.subtract(g, m, out=tmp)
-            tmp *= _f32(1 - b1)
+            tmp *= consts[0]
             m += tmp                             # torch: exp_avg.lerp_(grad, 1 - beta1)
             np.multiply(g, g, out=tmp)
-            tmp *= _f32(1 - b2)
-            v *= _f32(b2)
+            tmp *= consts[2]
+            v *= consts[1]
             v += tmp                             # v = β2 v + (1-β2) g²
             np.sqrt(v, out=tmp)
             tmp /= bc2_sqrt
-            tmp += _f32(self.eps)                # denom = √v / √(1-β2^t) + eps
+            tmp += consts[3]                     # denom = √v / √(1-β2^t) + eps
             np.divide(m, tmp, out=tmp)
             tmp *= step_size
             p -= tmp
